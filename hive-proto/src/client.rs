@@ -1,0 +1,1 @@
+//! Clients for the two protocols (filled in below).

@@ -1,0 +1,323 @@
+//! The operator RPC spoken on `web.sock` (by `hive-web`) and `admin.sock` (by
+//! `hivectl`): postcard frames behind a u32 length (see [`crate::codec`]).
+//!
+//! The first frame each way is a hello: the client's [`Hello`], the core's
+//! [`HelloReply`]. After that the client sends [`ClientFrame::Call`]s, each
+//! with its own id so one connection multiplexes calls, or one
+//! [`ClientFrame::Subscribe`] that turns the connection into an event stream.
+//!
+//! The sockets are split by capability: `web.sock` carries [`WebCall`]s, whose
+//! verbs are exactly the dashboard's ([`OperatorRequest`]); `admin.sock`
+//! carries [`AdminRequest`]s, which add what only a shell operator needs
+//! (audit verification). A compromised gateway cannot express an admin verb.
+//!
+//! **Architecture invariant:** every verb of operator authority lives here
+//! and nowhere in [`crate::agent`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::EventRecord;
+use crate::name::{AgentName, RelPath};
+use crate::view::{AgentDetail, AgentSummary, AuditEntry, ErrorCode, Message, Principal, Question};
+use crate::UnixMillis;
+
+/// Protocol version. Clients and core refuse a different `major`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    pub major: u16,
+    pub minor: u16,
+}
+
+/// The client's first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: Version,
+    /// Free text for the core's log, e.g. `hivectl 0.1.0`. Never trusted.
+    pub client: String,
+}
+
+/// The core's first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    /// Accepted; `peer` is who the core believes is calling (from
+    /// SO_PEERCRED on `admin.sock`, the gateway on `web.sock`).
+    Welcome { version: Version, peer: String },
+    /// Refused, with one sentence saying why (version mismatch, ...).
+    Refused { reason: String },
+}
+
+/// A frame from client to core. `R` is the socket's request type.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClientFrame<R> {
+    Hello(Hello),
+    /// Call `req`; the reply carries the same `id`.
+    Call { id: u64, req: R },
+    /// Stream every event with `seq > since`, then each new one, as
+    /// [`ServerFrame::Event`] frames carrying this `id`.
+    Subscribe { id: u64, since: u64 },
+}
+
+/// A frame from core to client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    Hello(HelloReply),
+    Reply {
+        id: u64,
+        result: Result<OperatorResponse, RpcError>,
+    },
+    Event { id: u64, record: EventRecord },
+    /// The stream fell too far behind (or `since` is older than what the
+    /// store keeps); resubscribe from `resume_from` after reloading state.
+    Lagged { id: u64, resume_from: u64 },
+}
+
+/// A call on `web.sock`: the gateway relays the operator it authenticated, and
+/// that login name is what the audit log records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WebCall {
+    pub operator: String,
+    pub req: OperatorRequest,
+}
+
+/// A call on `admin.sock`. The operator is whoever SO_PEERCRED names.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AdminRequest {
+    /// Anything the dashboard can do.
+    Operator(OperatorRequest),
+    /// Recompute the audit log's hash chain and report the first bad row.
+    AuditVerify,
+}
+
+/// A lifecycle action on an agent's container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LifecycleAction {
+    Start,
+    Stop,
+    Restart,
+    Pause,
+    Resume,
+    Rebuild,
+    Destroy,
+}
+
+/// Which revision of an agent's config to show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConfigRev {
+    Deployed,
+    Main,
+}
+
+/// The operator's verbs: what the dashboard and `hivectl` may ask.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OperatorRequest {
+    ListAgents,
+    AgentDetail {
+        name: AgentName,
+    },
+    Lifecycle {
+        name: AgentName,
+        action: LifecycleAction,
+    },
+    /// Pending approvals.
+    Pending,
+    Approve {
+        id: u64,
+    },
+    Deny {
+        id: u64,
+        reason: String,
+    },
+    /// Open questions addressed to the operator.
+    Questions,
+    /// Answer a question addressed to the operator.
+    AnswerQuestion {
+        id: u64,
+        answer: String,
+    },
+    SendMessage {
+        to: AgentName,
+        body: String,
+    },
+    /// A mailbox's messages, newest first: `agent` is `operator` or an
+    /// agent name; `before` pages back by id.
+    Messages {
+        mailbox: Principal,
+        before: Option<u64>,
+        limit: u32,
+    },
+    ReadStateFile {
+        agent: AgentName,
+        rel_path: RelPath,
+    },
+    ListStateDir {
+        agent: AgentName,
+        rel_path: Option<RelPath>,
+    },
+    Journal {
+        agent: AgentName,
+        lines: u32,
+    },
+    AgentConfig {
+        agent: AgentName,
+        rev: ConfigRev,
+    },
+    ApprovalDiff {
+        id: u64,
+    },
+    /// Audit rows with `seq > since`, oldest first, at most `limit`.
+    Audit {
+        since: u64,
+        limit: u32,
+    },
+    Health,
+}
+
+impl OperatorRequest {
+    /// The verb's name, for metrics and logs.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::ListAgents => "list_agents",
+            Self::AgentDetail { .. } => "agent_detail",
+            Self::Lifecycle { .. } => "lifecycle",
+            Self::Pending => "pending",
+            Self::Approve { .. } => "approve",
+            Self::Deny { .. } => "deny",
+            Self::Questions => "questions",
+            Self::AnswerQuestion { .. } => "answer_question",
+            Self::SendMessage { .. } => "send_message",
+            Self::Messages { .. } => "messages",
+            Self::ReadStateFile { .. } => "read_state_file",
+            Self::ListStateDir { .. } => "list_state_dir",
+            Self::Journal { .. } => "journal",
+            Self::AgentConfig { .. } => "agent_config",
+            Self::ApprovalDiff { .. } => "approval_diff",
+            Self::Audit { .. } => "audit",
+            Self::Health => "health",
+        }
+    }
+}
+
+/// A pending (or decided) config proposal.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: u64,
+    pub agent: AgentName,
+    pub proposer: Principal,
+    pub message: String,
+    pub diff: String,
+    pub created_at: UnixMillis,
+}
+
+/// One entry of a state-dir listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+}
+
+/// What `Health` reports.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub version: String,
+    pub runtime: String,
+    pub uptime_ms: u64,
+    pub agents: u32,
+    pub connected_agents: u32,
+    pub last_event_seq: u64,
+}
+
+/// The core's answer to a call.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum OperatorResponse {
+    Done,
+    Agents(Vec<AgentSummary>),
+    Agent(AgentDetail),
+    Approvals(Vec<Approval>),
+    Questions(Vec<Question>),
+    Messages(Vec<Message>),
+    MessageSent { id: u64 },
+    File {
+        bytes: Vec<u8>,
+        /// Whether the file was longer than what was sent.
+        truncated: bool,
+    },
+    Dir(Vec<DirEntry>),
+    Journal(Vec<String>),
+    Config { sha: Option<String>, files: Vec<(String, String)> },
+    Diff(String),
+    Audit(Vec<AuditEntry>),
+    /// The chain holds: `rows` checked, ending in `head`.
+    AuditVerified { rows: u64, head: String },
+    Health(Health),
+}
+
+/// A refused call.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RpcError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl RpcError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode_frame, FrameCodec};
+    use bytes::BytesMut;
+    use proptest::prelude::*;
+    use tokio_util::codec::Encoder;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = ClientFrame::Call {
+            id: 9,
+            req: WebCall {
+                operator: "ops".into(),
+                req: OperatorRequest::AnswerQuestion {
+                    id: 3,
+                    answer: "yes".into(),
+                },
+            },
+        };
+        let mut buf = BytesMut::new();
+        FrameCodec::<(), ClientFrame<WebCall>>::new()
+            .encode(frame.clone(), &mut buf)
+            .unwrap();
+        assert_eq!(decode_frame::<ClientFrame<WebCall>>(&buf).unwrap(), Some(frame));
+    }
+
+    #[test]
+    fn a_web_frame_is_not_an_admin_frame() {
+        // The admin-only verb, encoded, must not decode as a web call.
+        let mut buf = BytesMut::new();
+        FrameCodec::<(), ClientFrame<AdminRequest>>::new()
+            .encode(
+                ClientFrame::Call {
+                    id: 1,
+                    req: AdminRequest::AuditVerify,
+                },
+                &mut buf,
+            )
+            .unwrap();
+        assert!(decode_frame::<ClientFrame<WebCall>>(&buf).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_frame::<ClientFrame<WebCall>>(&bytes);
+            let _ = decode_frame::<ClientFrame<AdminRequest>>(&bytes);
+            let _ = decode_frame::<ServerFrame>(&bytes);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The data shapes the core shows to both principals: who sent something,
+//! messages, questions, reminders, agents. They are plain structs and enums so
+//! they encode the same way in postcard (operator RPC) and JSON (agent
+//! protocol); that is why no serde attribute here skips or flattens a field
+//! (postcard is not self-describing and would misread it).
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::name::{AgentName, NameError};
+use crate::UnixMillis;
+
+/// Who said something: an agent, the operator, or the hive itself (expiries,
+/// reminders). On the wire: `"operator"`, `"hive"` or the agent's name.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+pub enum Principal {
+    Operator,
+    Hive,
+    Agent(AgentName),
+}
+
+impl Principal {
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        match s {
+            "operator" => Ok(Self::Operator),
+            "hive" => Ok(Self::Hive),
+            other => AgentName::new(other).map(Self::Agent),
+        }
+    }
+
+    pub fn agent(&self) -> Option<&AgentName> {
+        match self {
+            Self::Agent(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Operator => f.write_str("operator"),
+            Self::Hive => f.write_str("hive"),
+            Self::Agent(n) => f.write_str(n.as_str()),
+        }
+    }
+}
+
+impl FromStr for Principal {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for Principal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Principal {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Principal::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Machine-readable reason for a refused request, shared by both protocols.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request did not parse, or a field is invalid.
+    BadRequest,
+    /// The `op` (or RPC verb) is not one this socket serves.
+    UnknownOp,
+    /// The caller may not do this (not its question, not an allowed recipient, ...).
+    Forbidden,
+    /// No such agent, message, question or reminder.
+    NotFound,
+    /// A field is over its size limit.
+    TooLarge,
+    /// A per-agent limit (pending reminders, in-flight requests) is reached.
+    Limit,
+    /// The thing is no longer in a state that allows this (already answered, expired).
+    Conflict,
+    /// The runtime or backend cannot do this (yet).
+    Unsupported,
+    /// The core could not do it now; retrying later may work.
+    Unavailable,
+    /// A bug or an I/O failure in the core; the detail is in its log.
+    Internal,
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("error"))
+    }
+}
+
+/// What an inbox item is. Everything an agent must hear about goes through
+/// its inbox (durable, pushed, acknowledged), not only plain messages.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    /// A message from an agent or the operator.
+    Message,
+    /// A question addressed to this agent; answer it with `answer`.
+    Question,
+    /// The answer to a question this agent asked (`question_id` says which).
+    Answer,
+    /// A question this agent asked expired unanswered.
+    QuestionExpired,
+    /// A question addressed to this agent was cancelled by its asker.
+    QuestionCancelled,
+    /// A reminder this agent set is due.
+    Reminder,
+}
+
+impl ItemKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Question => "question",
+            Self::Answer => "answer",
+            Self::QuestionExpired => "question_expired",
+            Self::QuestionCancelled => "question_cancelled",
+            Self::Reminder => "reminder",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "message" => Self::Message,
+            "question" => Self::Question,
+            "answer" => Self::Answer,
+            "question_expired" => Self::QuestionExpired,
+            "question_cancelled" => Self::QuestionCancelled,
+            "reminder" => Self::Reminder,
+            _ => return None,
+        })
+    }
+}
+
+/// One durable message in a mailbox (an agent's inbox or the operator's).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Message {
+    /// Assigned by the core when it committed the message; a receiver drops
+    /// repeats by this id (delivery is at least once).
+    pub id: u64,
+    pub kind: ItemKind,
+    pub from: Principal,
+    pub to: Principal,
+    pub body: String,
+    /// The message this one answers, if the sender said so.
+    pub in_reply_to: Option<u64>,
+    /// For `question`, `answer`, `question_expired`, `question_cancelled`.
+    pub question_id: Option<u64>,
+    /// For `question`: the choices offered, if any.
+    pub options: Vec<String>,
+    /// For `question`: whether several options may be chosen.
+    pub multi: bool,
+    pub sent_at: UnixMillis,
+    /// When the recipient acknowledged it; `None` while it is unread.
+    pub acked_at: Option<UnixMillis>,
+}
+
+/// Where a question stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuestionState {
+    Open,
+    Answered,
+    Expired,
+    Cancelled,
+}
+
+/// A question, as its asker, its addressee and the operator see it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Question {
+    pub id: u64,
+    pub asker: Principal,
+    pub to: Principal,
+    pub question: String,
+    pub options: Vec<String>,
+    pub multi: bool,
+    pub asked_at: UnixMillis,
+    pub expires_at: Option<UnixMillis>,
+    pub state: QuestionState,
+    pub answer: Option<String>,
+    pub answered_by: Option<Principal>,
+    pub answered_at: Option<UnixMillis>,
+}
+
+/// A pending reminder.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Reminder {
+    pub id: u64,
+    pub agent: AgentName,
+    pub body: String,
+    pub due_at: UnixMillis,
+}
+
+/// What the runtime says about an agent's process or container.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunState {
+    /// The runtime has not reported on it (or nothing is attached).
+    Unknown,
+    Stopped,
+    Starting,
+    Running,
+    Paused,
+    /// It exited when it should not have.
+    Crashed,
+}
+
+/// One agent's row on the dashboard and in `hivectl agents`.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AgentSummary {
+    pub name: AgentName,
+    pub run_state: RunState,
+    /// How many connections are open on its `agent.sock` right now.
+    pub connections: u32,
+    /// The last `status` text it set: agent-written, so always escaped.
+    pub status: Option<String>,
+    pub status_at: Option<UnixMillis>,
+    /// Messages in its inbox it has not acknowledged.
+    pub unread: u64,
+    /// Open questions addressed to it.
+    pub open_questions: u64,
+    /// The config repo commit its container runs, once the repo exists.
+    pub deployed_sha: Option<String>,
+    /// Whether the repo's `main` differs from what runs.
+    pub needs_update: bool,
+}
+
+/// Everything `/agent/<name>/` and `hivectl status NAME` show at once.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AgentDetail {
+    pub summary: AgentSummary,
+    /// Whom it may message: agent names, `operator`, or `*`.
+    pub allowed_recipients: Vec<String>,
+    /// Open questions it asked or that are addressed to it.
+    pub questions: Vec<Question>,
+    pub reminders: Vec<Reminder>,
+}
+
+/// An entry of the append-only audit log.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub at: UnixMillis,
+    /// `operator:<login>` or `agent:<name>` or `hive`.
+    pub actor: String,
+    pub action: String,
+    pub detail: String,
+    /// Hex SHA-256 over the previous row's hash and this row's fields.
+    pub hash: String,
+}
