@@ -1,0 +1,180 @@
+//! The hive's domain layer: every agent verb and operator verb, with its
+//! policy check, applied to the store. Callers pass the identity their
+//! *socket* established ([`AgentName`] from the listener, [`OperatorId`]
+//! from SO_PEERCRED or the gateway); no request field is ever believed about
+//! who is asking.
+//!
+//! This module must never read a byte from a peer, and never decide identity.
+
+mod agent_verbs;
+mod operator_verbs;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use hive_proto::agent::ErrorBody;
+use hive_proto::event::EventRecord;
+use hive_proto::operator::RpcError;
+use hive_proto::view::{ErrorCode, Message};
+use hive_proto::{AgentName, Principal};
+use tokio::sync::broadcast;
+
+use crate::config::{AgentPolicy, Config};
+use crate::hub::{ConnectionGuard, Hub};
+use crate::store::{Store, StoreError};
+use crate::Error;
+
+/// Who is calling on an operator socket, as the socket established it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorId {
+    /// A user on `admin.sock`, named from SO_PEERCRED's uid.
+    Shell { user: String, uid: u32 },
+    /// A login the gateway authenticated, relayed over `web.sock`.
+    Web { login: String },
+}
+
+impl OperatorId {
+    /// The actor string the audit log records.
+    pub fn actor(&self) -> String {
+        match self {
+            Self::Shell { user, .. } => format!("operator:{user}"),
+            Self::Web { login } => format!("operator:{login}@web"),
+        }
+    }
+}
+
+/// A request the hive refuses: goes back to the peer as an error code and a
+/// sentence. Internal failures are logged in full and sent as `internal`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Refused { code, message } => Refusal::new(code, message),
+            StoreError::Closed => {
+                Refusal::new(ErrorCode::Unavailable, "the store is shutting down")
+            }
+            other => {
+                tracing::error!(error = %other, "store failure");
+                Refusal::new(ErrorCode::Internal, "internal error (see the core's log)")
+            }
+        }
+    }
+}
+
+impl From<Refusal> for ErrorBody {
+    fn from(r: Refusal) -> Self {
+        ErrorBody::new(r.code, r.message)
+    }
+}
+
+impl From<Refusal> for RpcError {
+    fn from(r: Refusal) -> Self {
+        RpcError::new(r.code, r.message)
+    }
+}
+
+/// The running hive: cheap to clone, shared by every socket task.
+#[derive(Clone)]
+pub struct Hive {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    hub: Arc<Hub>,
+    started: Instant,
+}
+
+impl Hive {
+    /// Opens the store and registers the configured agents.
+    pub async fn open(config: Config) -> Result<Self, Error> {
+        let hub = Arc::new(Hub::new());
+        let store = Store::open(&config.store_path(), Arc::clone(&hub))?;
+        store
+            .register_agents(config.agents.keys().cloned().collect())
+            .await?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                hub,
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.inner.hub
+    }
+
+    /// The configured agent's policy, or `None` if no such agent.
+    pub fn policy(&self, agent: &AgentName) -> Option<&AgentPolicy> {
+        self.inner.config.agents.get(agent)
+    }
+
+    /// Marks a connection on `agent`'s socket open until the guard drops.
+    pub fn connection_opened(&self, agent: &AgentName) -> ConnectionGuard {
+        self.inner.hub.connection_opened(agent)
+    }
+
+    /// New messages for `agent` from now on. Subscribe *before* reading the
+    /// backlog with [`Hive::unacked`] so nothing falls between the two.
+    pub fn subscribe_inbox(&self, agent: &AgentName) -> broadcast::Receiver<Arc<Message>> {
+        self.inner
+            .hub
+            .subscribe_mailbox(&Principal::Agent(agent.clone()))
+    }
+
+    /// `agent`'s unacknowledged messages with `id > after`, oldest first.
+    pub async fn unacked(
+        &self,
+        agent: &AgentName,
+        after: u64,
+        max: u32,
+    ) -> Result<Vec<Message>, Refusal> {
+        Ok(self
+            .inner
+            .store
+            .unacked(Principal::Agent(agent.clone()), after, max)
+            .await?)
+    }
+
+    /// Events committed from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<EventRecord> {
+        self.inner.hub.subscribe_events()
+    }
+
+    /// Stored events with `seq > since`, oldest first.
+    pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<EventRecord>, Refusal> {
+        Ok(self.inner.store.events_since(since, limit).await?)
+    }
+
+    /// Flushes and stops the store's writer.
+    pub async fn shutdown(&self) {
+        self.inner.store.shutdown().await;
+    }
+}

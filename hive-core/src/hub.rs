@@ -1,0 +1,105 @@
+//! In-memory fan-out of what the store has just committed: each mailbox's new
+//! messages and the hive's events. The store publishes here only *after* a
+//! transaction commits, so anything a subscriber sees is durable. Subscribers
+//! that fall behind get `Lagged` from tokio's broadcast channel and re-read
+//! from the store; the hub never holds the only copy of anything.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use hive_proto::event::EventRecord;
+use hive_proto::view::Message;
+use hive_proto::{AgentName, Principal};
+use tokio::sync::broadcast;
+
+/// How many messages a mailbox channel buffers per slow subscriber.
+pub const INBOX_CHANNEL: usize = 1024;
+/// How many events the event channel buffers per slow subscriber.
+pub const EVENT_CHANNEL: usize = 4096;
+
+/// The fan-out point shared by the store, the sockets and the scheduler.
+#[derive(Debug)]
+pub struct Hub {
+    mailboxes: Mutex<HashMap<Principal, broadcast::Sender<Arc<Message>>>>,
+    events: broadcast::Sender<EventRecord>,
+    connections: Mutex<HashMap<AgentName, u32>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            mailboxes: Mutex::new(HashMap::new()),
+            events: broadcast::channel(EVENT_CHANNEL).0,
+            connections: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn mailbox(&self, who: &Principal) -> broadcast::Sender<Arc<Message>> {
+        let mut map = self.mailboxes.lock().unwrap_or_else(|e| e.into_inner());
+        map.entry(who.clone())
+            .or_insert_with(|| broadcast::channel(INBOX_CHANNEL).0)
+            .clone()
+    }
+
+    /// New messages committed to `who`'s mailbox from now on.
+    pub fn subscribe_mailbox(&self, who: &Principal) -> broadcast::Receiver<Arc<Message>> {
+        self.mailbox(who).subscribe()
+    }
+
+    /// Every event committed from now on.
+    pub fn subscribe_events(&self) -> broadcast::Receiver<EventRecord> {
+        self.events.subscribe()
+    }
+
+    /// Called by the store after commit.
+    pub fn publish_message(&self, msg: Arc<Message>) {
+        // No subscriber is fine: the message waits in the store.
+        let _ = self.mailbox(&msg.to).send(msg);
+    }
+
+    /// Called by the store after commit.
+    pub fn publish_event(&self, record: EventRecord) {
+        let _ = self.events.send(record);
+    }
+
+    /// Counts an open connection on an agent's socket; the guard uncounts it.
+    pub fn connection_opened(self: &Arc<Self>, agent: &AgentName) -> ConnectionGuard {
+        let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(agent.clone()).or_default() += 1;
+        ConnectionGuard {
+            hub: Arc::clone(self),
+            agent: agent.clone(),
+        }
+    }
+
+    pub fn connections(&self, agent: &AgentName) -> u32 {
+        let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(agent).copied().unwrap_or(0)
+    }
+}
+
+/// Keeps an agent's connection counted while it lives.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    hub: Arc<Hub>,
+    agent: AgentName,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut map = self
+            .hub
+            .connections
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.agent) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
