@@ -18,3 +18,11 @@ pub mod hub;
 pub mod store;
 
 pub use error::Error;
+
+/// Milliseconds since the Unix epoch, the core's one clock for stored times.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

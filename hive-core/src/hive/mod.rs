@@ -8,9 +8,18 @@
 
 mod agent_verbs;
 mod operator_verbs;
+mod scheduler;
+mod state_files;
+#[cfg(test)]
+mod tests;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use futures::future::BoxFuture;
+use hive_proto::operator::LifecycleAction;
+use hive_proto::view::RunState;
+use tokio::sync::Notify;
 
 use hive_proto::agent::ErrorBody;
 use hive_proto::event::EventRecord;
@@ -88,6 +97,29 @@ impl From<Refusal> for RpcError {
     }
 }
 
+/// What the operator verbs need from the container runtime. The daemon
+/// installs one with [`Hive::set_runtime`]; until then lifecycle and journal
+/// requests are answered `unsupported`.
+pub trait RuntimeControl: Send + Sync + 'static {
+    /// `process`, `nspawn`, `nixos-container`: shown in `Health`.
+    fn name(&self) -> &'static str;
+    /// Starts, stops, ... an agent. Refuse with `unsupported` what this
+    /// runtime cannot do.
+    fn lifecycle<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        action: LifecycleAction,
+    ) -> BoxFuture<'a, Result<(), Refusal>>;
+    /// The last `lines` lines of the agent's log.
+    fn journal<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        lines: u32,
+    ) -> BoxFuture<'a, Result<Vec<String>, Refusal>>;
+    /// What the runtime last saw of the agent.
+    fn run_state(&self, agent: &AgentName) -> RunState;
+}
+
 /// The running hive: cheap to clone, shared by every socket task.
 #[derive(Clone)]
 pub struct Hive {
@@ -99,6 +131,9 @@ struct Inner {
     store: Store,
     hub: Arc<Hub>,
     started: Instant,
+    /// Wakes the scheduler when a new deadline is set.
+    scheduler_wake: Notify,
+    runtime: OnceLock<Arc<dyn RuntimeControl>>,
 }
 
 impl Hive {
@@ -115,6 +150,8 @@ impl Hive {
                 store,
                 hub,
                 started: Instant::now(),
+                scheduler_wake: Notify::new(),
+                runtime: OnceLock::new(),
             }),
         })
     }
@@ -171,6 +208,19 @@ impl Hive {
     /// Stored events with `seq > since`, oldest first.
     pub async fn events_since(&self, since: u64, limit: u32) -> Result<Vec<EventRecord>, Refusal> {
         Ok(self.inner.store.events_since(since, limit).await?)
+    }
+
+    /// Installs the container runtime. Only the first call takes effect.
+    pub fn set_runtime(&self, runtime: Arc<dyn RuntimeControl>) {
+        let _ = self.inner.runtime.set(runtime);
+    }
+
+    fn runtime(&self) -> Option<&Arc<dyn RuntimeControl>> {
+        self.inner.runtime.get()
+    }
+
+    fn wake_scheduler(&self) {
+        self.inner.scheduler_wake.notify_one();
     }
 
     /// Flushes and stops the store's writer.

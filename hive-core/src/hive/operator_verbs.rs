@@ -1,8 +1,20 @@
 //! The operator verbs, applied for the operator the socket established.
+//! These are the only entry points to operator authority (answering as the
+//! operator, lifecycle, approvals); the agent socket has no path here.
 
-use hive_proto::operator::{OperatorRequest, OperatorResponse};
+use hive_proto::agent::MAX_BODY;
+use hive_proto::operator::{Health, OperatorRequest, OperatorResponse};
+use hive_proto::view::{AgentDetail, AgentSummary, ErrorCode, RunState};
+use hive_proto::{AgentName, Principal};
 
-use super::{Hive, OperatorId, Refusal};
+use super::agent_verbs::check_len;
+use super::{state_files, Hive, OperatorId, Refusal};
+use crate::store::{AuditReport, NewMessage};
+
+/// Most rows one listing returns.
+pub const MAX_LIST: u32 = 1000;
+/// Most journal lines one request returns.
+pub const MAX_JOURNAL_LINES: u32 = 5000;
 
 impl Hive {
     /// Applies one operator request for `who`.
@@ -11,13 +23,235 @@ impl Hive {
         who: &OperatorId,
         req: OperatorRequest,
     ) -> Result<OperatorResponse, Refusal> {
-        let _ = (who, req);
-        todo!()
+        match req {
+            OperatorRequest::ListAgents => Ok(OperatorResponse::Agents(self.summaries().await?)),
+            OperatorRequest::AgentDetail { name } => {
+                Ok(OperatorResponse::Agent(self.detail(&name).await?))
+            }
+            OperatorRequest::Lifecycle { name, action } => {
+                self.known(&name)?;
+                let Some(rt) = self.runtime() else {
+                    return Err(unsupported("lifecycle actions"));
+                };
+                let actor = who.actor();
+                let detail = format!("agent={name} action={action:?}");
+                // Record the request before acting: the log shows what was
+                // attempted even if the runtime then fails or hangs.
+                self.store()
+                    .write(move |tx| tx.audit(&actor, "lifecycle", &detail))
+                    .await?;
+                rt.lifecycle(&name, action).await?;
+                Ok(OperatorResponse::Done)
+            }
+            OperatorRequest::Pending => Ok(OperatorResponse::Approvals(Vec::new())),
+            OperatorRequest::Approve { .. }
+            | OperatorRequest::Deny { .. }
+            | OperatorRequest::ApprovalDiff { .. } => Err(Refusal::new(
+                ErrorCode::Unsupported,
+                "approvals arrive with the config repo; this hive has none pending",
+            )),
+            OperatorRequest::AgentConfig { agent, .. } => {
+                self.known(&agent)?;
+                Err(Refusal::new(
+                    ErrorCode::Unsupported,
+                    "agent configs arrive with the config repo",
+                ))
+            }
+            OperatorRequest::Questions => {
+                let qs = self
+                    .store()
+                    .read(|r| r.open_questions_to(&Principal::Operator))
+                    .await?;
+                Ok(OperatorResponse::Questions(qs))
+            }
+            OperatorRequest::AnswerQuestion { id, answer } => {
+                self.answer(Principal::Operator, who.actor(), id, answer)
+                    .await?;
+                Ok(OperatorResponse::Done)
+            }
+            OperatorRequest::SendMessage { to, body } => {
+                self.known(&to)?;
+                check_len("body", &body, MAX_BODY)?;
+                let actor = who.actor();
+                let id = self
+                    .store()
+                    .write(move |tx| {
+                        let m = tx.insert_message(NewMessage::plain(
+                            Principal::Operator,
+                            Principal::Agent(to.clone()),
+                            body,
+                            None,
+                        ))?;
+                        tx.audit(&actor, "send", &format!("to={to} ids=[{}]", m.id))?;
+                        Ok(m.id)
+                    })
+                    .await?;
+                Ok(OperatorResponse::MessageSent { id })
+            }
+            OperatorRequest::Messages {
+                mailbox,
+                before,
+                limit,
+            } => {
+                if let Principal::Agent(a) = &mailbox {
+                    self.known(a)?;
+                }
+                let limit = limit.clamp(1, MAX_LIST);
+                let msgs = self
+                    .store()
+                    .read(move |r| r.messages(&mailbox, before, limit))
+                    .await?;
+                Ok(OperatorResponse::Messages(msgs))
+            }
+            OperatorRequest::ReadStateFile { agent, rel_path } => {
+                self.known(&agent)?;
+                let dir = self.config().agent_state_dir(&agent);
+                let (bytes, truncated) =
+                    blocking(move || state_files::read_file(&dir, &rel_path)).await?;
+                Ok(OperatorResponse::File { bytes, truncated })
+            }
+            OperatorRequest::ListStateDir { agent, rel_path } => {
+                self.known(&agent)?;
+                let dir = self.config().agent_state_dir(&agent);
+                let entries =
+                    blocking(move || state_files::list_dir(&dir, rel_path.as_ref())).await?;
+                Ok(OperatorResponse::Dir(entries))
+            }
+            OperatorRequest::Journal { agent, lines } => {
+                self.known(&agent)?;
+                let Some(rt) = self.runtime() else {
+                    return Err(unsupported("journals"));
+                };
+                let lines = rt
+                    .journal(&agent, lines.clamp(1, MAX_JOURNAL_LINES))
+                    .await?;
+                Ok(OperatorResponse::Journal(lines))
+            }
+            OperatorRequest::Audit { since, limit } => {
+                let limit = limit.clamp(1, MAX_LIST);
+                let rows = self
+                    .store()
+                    .read(move |r| r.audit_since(since, limit))
+                    .await?;
+                Ok(OperatorResponse::Audit(rows))
+            }
+            OperatorRequest::Health => {
+                let last_event_seq = self.store().read(|r| r.last_event_seq()).await?;
+                let agents = self.config().agents.len() as u32;
+                let connected_agents = self
+                    .config()
+                    .agents
+                    .keys()
+                    .filter(|a| self.hub().connections(a) > 0)
+                    .count() as u32;
+                Ok(OperatorResponse::Health(Health {
+                    version: env!("CARGO_PKG_VERSION").to_owned(),
+                    runtime: self
+                        .runtime()
+                        .map(|r| r.name())
+                        .unwrap_or("detached")
+                        .to_owned(),
+                    uptime_ms: self.inner.started.elapsed().as_millis() as u64,
+                    agents,
+                    connected_agents,
+                    last_event_seq,
+                }))
+            }
+        }
     }
 
-    /// Recomputes the audit chain (admin socket only).
-    pub async fn audit_verify(&self, who: &OperatorId) -> Result<OperatorResponse, Refusal> {
-        let _ = who;
-        todo!()
+    /// Recomputes the audit chain (admin socket only). A broken chain is a
+    /// `conflict` naming the first bad row.
+    pub async fn audit_verify(&self, _who: &OperatorId) -> Result<OperatorResponse, Refusal> {
+        match self.store().read(|r| r.verify_audit()).await? {
+            AuditReport::Intact { rows, head } => {
+                Ok(OperatorResponse::AuditVerified { rows, head })
+            }
+            AuditReport::Broken { seq, reason } => Err(Refusal::new(
+                ErrorCode::Conflict,
+                format!("audit chain broken at row {seq}: {reason}"),
+            )),
+        }
     }
+
+    fn known(&self, agent: &AgentName) -> Result<(), Refusal> {
+        if self.policy(agent).is_none() {
+            return Err(Refusal::new(
+                ErrorCode::NotFound,
+                format!("no agent {agent}"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn run_state(&self, agent: &AgentName) -> RunState {
+        self.runtime()
+            .map(|r| r.run_state(agent))
+            .unwrap_or(RunState::Unknown)
+    }
+
+    /// Every configured agent's dashboard row.
+    pub async fn summaries(&self) -> Result<Vec<AgentSummary>, Refusal> {
+        let rows = self.store().read(|r| r.agents()).await?;
+        Ok(rows
+            .into_iter()
+            .filter(|row| self.policy(&row.name).is_some())
+            .map(|row| AgentSummary {
+                run_state: self.run_state(&row.name),
+                connections: self.hub().connections(&row.name),
+                status: row.status,
+                status_at: row.status_at,
+                unread: row.unread,
+                open_questions: row.open_questions,
+                needs_update: false,
+                deployed_sha: row.deployed_sha,
+                name: row.name,
+            })
+            .collect())
+    }
+
+    async fn detail(&self, name: &AgentName) -> Result<AgentDetail, Refusal> {
+        self.known(name)?;
+        let summary = self
+            .summaries()
+            .await?
+            .into_iter()
+            .find(|s| s.name == *name)
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no agent {name}")))?;
+        let who = Principal::Agent(name.clone());
+        let agent = name.clone();
+        let (questions, reminders) = self
+            .store()
+            .read(move |r| {
+                let mut qs = r.open_questions_by(&who)?;
+                qs.extend(r.open_questions_to(&who)?);
+                qs.sort_by_key(|q| q.id);
+                Ok((qs, r.pending_reminders(&agent)?))
+            })
+            .await?;
+        Ok(AgentDetail {
+            summary,
+            allowed_recipients: self
+                .policy(name)
+                .map(|p| p.allowed_recipients.to_strings())
+                .unwrap_or_default(),
+            questions,
+            reminders,
+        })
+    }
+}
+
+fn unsupported(what: &str) -> Refusal {
+    Refusal::new(
+        ErrorCode::Unsupported,
+        format!("{what} are not supported by this runtime"),
+    )
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Refusal::new(ErrorCode::Internal, e.to_string()))?
 }

@@ -1,51 +1,290 @@
-//! The SQLite store (WAL, one writer task).
-use std::path::Path;
-use std::sync::Arc;
+//! The SQLite store: WAL, one writer thread, a small pool of readers.
+//!
+//! Writes are closures over a [`Tx`] sent to the writer thread, which runs
+//! every job waiting in its queue inside *one* transaction (group commit),
+//! each job in its own savepoint so a refused job changes nothing and does
+//! not spoil its neighbours. Only after `COMMIT` returns does the writer
+//! publish the committed messages and events to the [`Hub`] and answer the
+//! callers: anything acknowledged or pushed is already on disk
+//! (`synchronous = FULL`).
+//!
+//! This module owns the schema and every SQL statement; it never decides
+//! policy (who may do what is `crate::hive`'s business) and never talks to a
+//! peer.
 
-use hive_proto::event::EventRecord;
+mod audit;
+mod read;
+mod schema;
+mod tx;
+
+use std::any::Any;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
 use hive_proto::view::{ErrorCode, Message};
 use hive_proto::{AgentName, Principal};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Hub;
 use crate::Error;
 
+pub use audit::AuditReport;
+pub use read::Reader;
+pub use tx::{NewMessage, NewQuestion, Tx};
+
+/// Most jobs the writer folds into one transaction.
+pub const MAX_BATCH: usize = 512;
+/// Jobs that may wait for the writer before callers feel back-pressure.
+pub const WRITE_QUEUE: usize = 8192;
+/// Reader connections kept open for reuse.
+pub const READERS: usize = 4;
+
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The operation was refused for a reason the caller should hear.
     #[error("{message}")]
     Refused { code: ErrorCode, message: String },
     #[error("the store is closed")]
     Closed,
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("commit failed: {0}")]
+    Commit(String),
+    #[error("row {table}#{id} does not decode: {what}")]
+    Corrupt {
+        table: &'static str,
+        id: i64,
+        what: String,
+    },
+    #[error("encoding: {0}")]
+    Encode(String),
 }
 
-pub struct Store {}
+impl StoreError {
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Refused {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+type Boxed = Box<dyn Any + Send>;
+type WriteFn = Box<dyn FnOnce(&mut Tx<'_>) -> Result<Boxed, StoreError> + Send>;
+
+struct Job {
+    f: WriteFn,
+    reply: oneshot::Sender<Result<Boxed, StoreError>>,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+    readers: Mutex<Vec<Connection>>,
+}
 
 impl Store {
+    /// Opens (creating if needed) the store at `path` and starts the writer.
     pub fn open(path: &Path, hub: Arc<Hub>) -> Result<Self, Error> {
-        let _ = (path, hub);
-        todo!()
+        let store_err = |source| Error::Store {
+            path: path.to_owned(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(store_err)?;
+        schema::prepare_writer(&conn).map_err(store_err)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let writer = std::thread::Builder::new()
+            .name("hive-store-writer".into())
+            .spawn(move || writer_loop(conn, rx, hub))
+            .map_err(|source| Error::Io {
+                what: "starting the store writer",
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                jobs: Mutex::new(Some(tx)),
+                writer: Mutex::new(Some(writer)),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
     }
+
+    /// Runs `f` in the writer's next transaction and returns its result
+    /// once that transaction has committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Tx<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let jobs = self
+            .inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(StoreError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        let f: WriteFn = Box::new(move |tx| f(tx).map(|t| Box::new(t) as Boxed));
+        jobs.send(Job { f, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let boxed = rx.await.map_err(|_| StoreError::Closed)??;
+        boxed
+            .downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| StoreError::Encode("writer returned the wrong type".into()))
+    }
+
+    /// Runs `f` on a reader connection (WAL: it sees the last commit and
+    /// never blocks the writer).
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let conn = match inner
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+            {
+                Some(c) => c,
+                None => open_reader(&inner.path)?,
+            };
+            let out = f(&Reader::new(&conn));
+            let mut pool = inner.readers.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < READERS {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Commit(format!("reader task: {e}")))?
+    }
+
+    /// Registers agents that are configured but not yet in the store.
     pub async fn register_agents(&self, names: Vec<AgentName>) -> Result<(), StoreError> {
-        let _ = names;
-        todo!()
+        self.write(move |tx| {
+            for n in &names {
+                tx.register_agent(n)?;
+            }
+            Ok(())
+        })
+        .await
     }
+
+    /// Unacknowledged messages in `who`'s mailbox with `id > after`.
     pub async fn unacked(
         &self,
         who: Principal,
         after: u64,
         max: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        let _ = (who, after, max);
-        todo!()
+        self.read(move |r| r.unacked(&who, after, max)).await
     }
+
+    /// Stored events with `seq > since`, oldest first.
     pub async fn events_since(
         &self,
         since: u64,
         limit: u32,
-    ) -> Result<Vec<EventRecord>, StoreError> {
-        let _ = (since, limit);
-        todo!()
+    ) -> Result<Vec<hive_proto::event::EventRecord>, StoreError> {
+        self.read(move |r| r.events_since(since, limit)).await
     }
-    pub async fn shutdown(&self) {}
+
+    /// Stops taking writes, lets the writer finish its queue, and joins it.
+    pub async fn shutdown(&self) {
+        self.inner
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let handle = self
+            .inner
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    schema::prepare_reader(&conn)?;
+    Ok(conn)
+}
+
+/// The writer thread: take every waiting job, run them in one transaction,
+/// commit, then publish and reply.
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut conn, batch, &hub);
+    }
+}
+
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub) {
+    let now = crate::now_ms();
+    let mut done = Vec::with_capacity(batch.len());
+    let mut effects = tx::Effects::default();
+    let outcome = (|| -> Result<(), rusqlite::Error> {
+        let mut txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for job in batch {
+            let mut sp = txn.savepoint()?;
+            let mut job_effects = tx::Effects::default();
+            let result = {
+                let mut t = Tx::new(&sp, now, &mut job_effects);
+                (job.f)(&mut t)
+            };
+            if result.is_ok() {
+                sp.commit()?;
+                effects.append(job_effects);
+            } else {
+                sp.rollback()?;
+                sp.commit()?;
+            }
+            done.push((job.reply, result));
+        }
+        txn.commit()
+    })();
+    match outcome {
+        Ok(()) => {
+            effects.publish(hub);
+            for (reply, result) in done {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "store transaction failed; nothing in it was kept");
+            for (reply, _) in done {
+                let _ = reply.send(Err(StoreError::Commit(e.to_string())));
+            }
+        }
+    }
 }

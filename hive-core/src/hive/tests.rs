@@ -1,0 +1,408 @@
+//! Unit tests of the domain layer on a real store in a temp dir: policy
+//! checks, who may answer what, expiry and reminders, and that a refused
+//! request changes nothing.
+
+use hive_proto::agent::{AgentRequest, CancelKind};
+use hive_proto::operator::{OperatorRequest, OperatorResponse};
+use hive_proto::view::{ErrorCode, ItemKind, QuestionState};
+use hive_proto::{AgentName, Principal, Recipient};
+use serde_json::json;
+
+use super::{Hive, OperatorId};
+use crate::config::{Config, RawConfig};
+
+fn name(s: &str) -> AgentName {
+    AgentName::new(s).unwrap()
+}
+
+async fn hive(dir: &std::path::Path, extra: &str) -> Hive {
+    let raw: RawConfig = toml::from_str(&format!(
+        "state_dir = {:?}\nruntime_dir = {:?}\n[agents.alice]\n[agents.bob]\n[agents.carol]\nallowed_recipients = [\"alice\"]\nmax_reminders = 2\n{extra}",
+        dir, dir
+    ))
+    .unwrap();
+    Hive::open(Config::from_raw(raw).unwrap()).await.unwrap()
+}
+
+fn op() -> OperatorId {
+    OperatorId::Shell {
+        user: "root".into(),
+        uid: 0,
+    }
+}
+
+async fn call(
+    h: &Hive,
+    who: &str,
+    req: serde_json::Value,
+) -> Result<serde_json::Value, super::Refusal> {
+    let req: AgentRequest = serde_json::from_value(req).unwrap();
+    h.agent_call(&name(who), req).await
+}
+
+#[tokio::test]
+async fn sends_are_committed_then_pushed() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let mut inbox = h.subscribe_inbox(&name("bob"));
+    let r = call(&h, "alice", json!({"op":"send","to":"bob","body":"hi"}))
+        .await
+        .unwrap();
+    let id = r["ids"][0].as_u64().unwrap();
+    let pushed = inbox.recv().await.unwrap();
+    assert_eq!((pushed.id, pushed.body.as_str()), (id, "hi"));
+    assert_eq!(pushed.from, Principal::Agent(name("alice")));
+    // It is in the store, unacked, until bob acks it.
+    assert_eq!(h.unacked(&name("bob"), 0, 10).await.unwrap().len(), 1);
+    call(&h, "bob", json!({"op":"ack","msg_id":id}))
+        .await
+        .unwrap();
+    assert!(h.unacked(&name("bob"), 0, 10).await.unwrap().is_empty());
+    // Alice cannot ack bob's message.
+    let e = call(&h, "alice", json!({"op":"ack","msg_id":id}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+}
+
+#[tokio::test]
+async fn recipient_policy_is_enforced() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let e = call(&h, "carol", json!({"op":"send","to":"bob","body":"x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    let e = call(&h, "carol", json!({"op":"send","to":"operator","body":"x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    let e = call(&h, "alice", json!({"op":"send","to":"zed","body":"x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    // `*` means everyone carol may reach: only alice.
+    let r = call(&h, "carol", json!({"op":"send","to":"*","body":"x"}))
+        .await
+        .unwrap();
+    assert_eq!(r["ids"].as_array().unwrap().len(), 1);
+    assert!(h.unacked(&name("bob"), 0, 10).await.unwrap().is_empty());
+    // Alice's `*` reaches bob and carol, not herself.
+    let r = call(&h, "alice", json!({"op":"send","to":"*","body":"y"}))
+        .await
+        .unwrap();
+    assert_eq!(r["ids"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn only_the_addressee_may_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let q_op = call(
+        &h,
+        "alice",
+        json!({"op":"ask","to":"operator","question":"ship?","options":["yes","no"]}),
+    )
+    .await
+    .unwrap()["question_id"]
+        .as_u64()
+        .unwrap();
+    let q_bob = call(
+        &h,
+        "alice",
+        json!({"op":"ask","to":"bob","question":"lunch?"}),
+    )
+    .await
+    .unwrap()["question_id"]
+        .as_u64()
+        .unwrap();
+    let audit_before = h
+        .store()
+        .read(|r| r.audit_since(0, 1000))
+        .await
+        .unwrap()
+        .len();
+    for (who, q) in [
+        ("bob", q_op),
+        ("alice", q_op),
+        ("carol", q_bob),
+        ("alice", q_bob),
+    ] {
+        let e = call(
+            &h,
+            who,
+            json!({"op":"answer","question_id":q,"answer":"yes"}),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Forbidden, "{who} answering {q}");
+    }
+    // Nothing changed: both questions open, no new audit rows.
+    for q in [q_op, q_bob] {
+        let st = h
+            .store()
+            .read(move |r| r.question(q))
+            .await
+            .unwrap()
+            .unwrap()
+            .state;
+        assert_eq!(st, QuestionState::Open);
+    }
+    let audit_after = h
+        .store()
+        .read(|r| r.audit_since(0, 1000))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(audit_before, audit_after);
+
+    // The operator may answer its own question, and not bob's.
+    let e = h
+        .operator_call(
+            &op(),
+            OperatorRequest::AnswerQuestion {
+                id: q_bob,
+                answer: "x".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    let mut alice = h.subscribe_inbox(&name("alice"));
+    h.operator_call(
+        &op(),
+        OperatorRequest::AnswerQuestion {
+            id: q_op,
+            answer: "yes".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let m = alice.recv().await.unwrap();
+    assert_eq!(
+        (m.kind, m.question_id, m.body.as_str()),
+        (ItemKind::Answer, Some(q_op), "yes")
+    );
+    assert_eq!(m.from, Principal::Operator);
+    // Answering twice is a conflict.
+    let e = h
+        .operator_call(
+            &op(),
+            OperatorRequest::AnswerQuestion {
+                id: q_op,
+                answer: "no".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+    // Bob answers his own.
+    call(
+        &h,
+        "bob",
+        json!({"op":"answer","question_id":q_bob,"answer":"sure"}),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn questions_expire_and_the_asker_hears() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let q = call(
+        &h,
+        "alice",
+        json!({"op":"ask","to":"operator","question":"q","ttl_s":1}),
+    )
+    .await
+    .unwrap()["question_id"]
+        .as_u64()
+        .unwrap();
+    // Move the deadline into the past instead of sleeping.
+    let path = h.config().store_path();
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute(
+        "UPDATE questions SET expires_at = 1 WHERE id = ?1",
+        [q as i64],
+    )
+    .unwrap();
+    h.fire_due().await.unwrap();
+    let m = h.unacked(&name("alice"), 0, 10).await.unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        (m[0].kind, m[0].question_id),
+        (ItemKind::QuestionExpired, Some(q))
+    );
+    let e = h
+        .operator_call(
+            &op(),
+            OperatorRequest::AnswerQuestion {
+                id: q,
+                answer: "late".into(),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Conflict);
+}
+
+#[tokio::test]
+async fn reminders_are_bounded_cancellable_and_fire() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let r1 = call(&h, "carol", json!({"op":"remind","in_s":3600,"body":"a"}))
+        .await
+        .unwrap();
+    call(&h, "carol", json!({"op":"remind","at":1,"body":"due now"}))
+        .await
+        .unwrap();
+    let e = call(&h, "carol", json!({"op":"remind","in_s":1,"body":"c"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Limit);
+    let e = call(&h, "carol", json!({"op":"remind","body":"c"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadRequest);
+    let id = r1["reminder_id"].as_u64().unwrap();
+    let e = call(
+        &h,
+        "alice",
+        json!({"op":"cancel","kind":"reminder","id":id}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    call(
+        &h,
+        "carol",
+        json!({"op":"cancel","kind":"reminder","id":id}),
+    )
+    .await
+    .unwrap();
+    h.fire_due().await.unwrap();
+    let m = h.unacked(&name("carol"), 0, 10).await.unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(
+        (m[0].kind, m[0].body.as_str()),
+        (ItemKind::Reminder, "due now")
+    );
+    let ends = call(&h, "carol", json!({"op":"loose_ends"})).await.unwrap();
+    assert!(ends["reminders"].as_array().unwrap().is_empty());
+    let _ = CancelKind::Question;
+}
+
+#[tokio::test]
+async fn only_the_asker_may_cancel_a_question() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let q = call(&h, "alice", json!({"op":"ask","to":"bob","question":"q"}))
+        .await
+        .unwrap()["question_id"]
+        .as_u64()
+        .unwrap();
+    let e = call(&h, "bob", json!({"op":"cancel","kind":"question","id":q}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Forbidden);
+    call(&h, "alice", json!({"op":"cancel","kind":"question","id":q}))
+        .await
+        .unwrap();
+    let kinds: Vec<_> = h
+        .unacked(&name("bob"), 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.kind)
+        .collect();
+    assert_eq!(kinds, [ItemKind::Question, ItemKind::QuestionCancelled]);
+}
+
+#[tokio::test]
+async fn every_change_is_audited_and_the_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    call(&h, "alice", json!({"op":"status","text":"<b>busy</b>"}))
+        .await
+        .unwrap();
+    call(
+        &h,
+        "alice",
+        json!({"op":"send","to":"operator","body":"hello"}),
+    )
+    .await
+    .unwrap();
+    h.operator_call(
+        &op(),
+        OperatorRequest::SendMessage {
+            to: name("bob"),
+            body: "hi".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let rows = h.store().read(|r| r.audit_since(0, 100)).await.unwrap();
+    let actions: Vec<_> = rows
+        .iter()
+        .map(|r| (r.actor.as_str(), r.action.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("agent:alice", "status"),
+            ("agent:alice", "send"),
+            ("operator:root", "send")
+        ]
+    );
+    match h.audit_verify(&op()).await.unwrap() {
+        OperatorResponse::AuditVerified { rows, .. } => assert_eq!(rows, 3),
+        other => panic!("{other:?}"),
+    }
+    // The operator's mailbox holds alice's message.
+    let OperatorResponse::Messages(msgs) = h
+        .operator_call(
+            &op(),
+            OperatorRequest::Messages {
+                mailbox: Principal::Operator,
+                before: None,
+                limit: 10,
+            },
+        )
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    // Newest first: the operator's own message to bob, then alice's to it.
+    let bodies: Vec<_> = msgs.iter().map(|m| m.body.as_str()).collect();
+    assert_eq!(bodies, ["hi", "hello"]);
+    let _ = Recipient::All;
+}
+
+#[tokio::test]
+async fn concurrent_writes_commit_in_groups_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let h = h.clone();
+        tasks.push(tokio::spawn(async move {
+            call(
+                &h,
+                "alice",
+                json!({"op":"send","to":"bob","body":format!("m{i}")}),
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(h.unacked(&name("bob"), 0, 1000).await.unwrap().len(), 500);
+    assert!(matches!(
+        h.audit_verify(&op()).await.unwrap(),
+        OperatorResponse::AuditVerified { rows: 500, .. }
+    ));
+}
