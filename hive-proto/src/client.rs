@@ -1,1 +1,0 @@
-//! Clients for the two protocols (filled in below).
