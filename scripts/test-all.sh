@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything hyperhive's tests need on a fresh Debian/Ubuntu machine
+# and runs every test. This is the README's test command; .ci/run calls it.
+#
+# Under CI=true a test that would skip for lack of root or a tool fails
+# instead, so nothing passes by not running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  nftables systemd-container busybox-static bubblewrap iproute2
+  nix-bin chromium chromium-driver wrk socat sqlite3
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "==> installing: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+export CARGO_TERM_COLOR=never
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> build (debug, all targets) and release binaries for the benchmarks"
+cargo build --workspace --all-targets --locked
+echo "==> cargo test"
+cargo test --workspace --locked -- --test-threads=2
+echo "==> fuzz targets compile (running them needs nightly: see docs/protocol.md)"
+cargo check --manifest-path hive-proto/fuzz/Cargo.toml --bins
+echo "==> nix files parse"
+while IFS= read -r -d '' f; do
+  nix-instantiate --parse "$f" >/dev/null
+done < <(find . -name '*.nix' -not -path './target*' -print0)
+if [ -d nixos-modules/tests ]; then
+  for t in nixos-modules/tests/*.sh; do [ -e "$t" ] && bash "$t"; done
+fi
+echo "==> all tests passed"
