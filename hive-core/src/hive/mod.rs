@@ -210,6 +210,12 @@ impl Hive {
         Ok(self.inner.store.events_since(since, limit).await?)
     }
 
+    /// The oldest stored event's sequence number (`None` when there are
+    /// none). Subscribers resuming from before it get `Lagged`.
+    pub async fn first_event_seq(&self) -> Result<Option<u64>, Refusal> {
+        Ok(self.inner.store.read(|r| r.first_event_seq()).await?)
+    }
+
     /// Installs the container runtime. Only the first call takes effect.
     pub fn set_runtime(&self, runtime: Arc<dyn RuntimeControl>) {
         let _ = self.inner.runtime.set(runtime);

@@ -406,3 +406,19 @@ async fn concurrent_writes_commit_in_groups_and_all_land() {
         OperatorResponse::AuditVerified { rows: 500, .. }
     ));
 }
+
+#[tokio::test]
+async fn old_events_are_pruned_newest_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    for i in 0..10 {
+        call(&h, "alice", json!({"op":"status","text":format!("s{i}")}))
+            .await
+            .unwrap();
+    }
+    let last = h.store().read(|r| r.last_event_seq()).await.unwrap();
+    let pruned = h.store().write(|tx| tx.prune_events(3)).await.unwrap();
+    assert_eq!(pruned as u64, last - 3);
+    assert_eq!(h.first_event_seq().await.unwrap(), Some(last - 2));
+    assert_eq!(h.events_since(0, 100).await.unwrap().len(), 3);
+}

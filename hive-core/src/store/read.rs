@@ -222,6 +222,15 @@ impl<'a> Reader<'a> {
         .collect()
     }
 
+    /// The oldest event still kept, if any. A subscriber resuming from
+    /// before it has missed events and must reload (`ServerFrame::Lagged`).
+    pub fn first_event_seq(&self) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?;
+        Ok(seq.map(|s| s as u64))
+    }
+
     pub fn last_event_seq(&self) -> Result<u64, StoreError> {
         let seq: Option<i64> = self
             .conn

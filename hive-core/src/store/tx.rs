@@ -142,6 +142,14 @@ impl<'a> Tx<'a> {
         Ok(seq)
     }
 
+    /// Drops all but the newest `keep` events; returns how many went.
+    pub fn prune_events(&mut self, keep: u64) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
+            params![keep as i64],
+        )?)
+    }
+
     /// Appends an audit row, chained to the one before.
     pub fn audit(&mut self, actor: &str, action: &str, detail: &str) -> Result<(), StoreError> {
         audit::append(self.conn, self.now, actor, action, detail)?;
