@@ -1,0 +1,378 @@
+//! `hivectl`: the operator's shell on `admin.sock`.
+//!
+//! Every command is one [`AdminRequest`] (or a subscription) on the admin
+//! socket; the core decides who the operator is from SO_PEERCRED, so this
+//! program never claims a name. Listings print aligned plain-text tables, or
+//! the view types as JSON with `--json`. Any failure is one line on stderr
+//! and exit code 1.
+//!
+//! This program must never hold state of its own or retry a call that may
+//! have reached the core: what it prints is what the core answered.
+
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hive_proto::client::operator::{subscribe_as, OperatorClient, Streamed};
+use hive_proto::client::ClientError;
+use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
+use hive_proto::{AgentName, Principal};
+use serde::Serialize;
+
+/// Where the admin socket lives on a host set up by the NixOS module.
+const DEFAULT_SOCKET: &str = "/run/hyperhive/admin.sock";
+
+/// Rows asked for per `Audit` call; `audit` pages until it has them all.
+const AUDIT_PAGE: u32 = 500;
+
+/// How long `events` without `--follow` waits for the next event before it
+/// decides it has caught up, should the stream stop short of the head the
+/// core reported (events pruned in between).
+const CATCH_UP_IDLE: Duration = Duration::from_secs(2);
+
+const CLIENT_NAME: &str = concat!("hivectl ", env!("CARGO_PKG_VERSION"));
+
+#[derive(Parser)]
+#[command(
+    name = "hivectl",
+    version,
+    about = "Operate a hyperhive from the shell"
+)]
+struct Cli {
+    /// The core's admin socket.
+    #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print JSON (the protocol's view types) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// List every agent with its state, status and unread count.
+    Agents,
+    /// Show one agent: state, status, policy, open questions, reminders.
+    Status { name: AgentName },
+    /// Show a mailbox, newest first: an agent's inbox, or `operator`.
+    Messages {
+        /// An agent name, or `operator`.
+        name: Principal,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only messages older than this id (to page back).
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// List the open questions addressed to the operator.
+    Questions,
+    /// Answer a question addressed to the operator.
+    Answer { id: u64, text: String },
+    /// Send a message to an agent as the operator.
+    Send { name: AgentName, text: String },
+    /// Print the hive's events since SEQ; with --follow, keep printing.
+    Events {
+        /// Keep the stream open and print events as they happen.
+        #[arg(long, short)]
+        follow: bool,
+        /// Start after this event sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+    /// Print the audit log, or verify its hash chain (`audit verify`).
+    Audit {
+        #[command(subcommand)]
+        action: Option<AuditCmd>,
+        /// Only rows with a sequence number above this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many rows.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Recompute the hash chain; exit 1 with the first bad row if broken.
+    Verify,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain of causes joined by ": ".
+            eprintln!("hivectl: {}", render::clean(&format!("{e:#}")));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    if let Cmd::Events { follow, since } = cli.cmd {
+        return events(&cli.socket, cli.json, follow, since).await;
+    }
+    let client = OperatorClient::<AdminRequest>::connect_as(&cli.socket, CLIENT_NAME).await?;
+    let call = |req: OperatorRequest| {
+        let client = client.clone();
+        async move { client.call(AdminRequest::Operator(req)).await }
+    };
+    let json = cli.json;
+    match cli.cmd {
+        Cmd::Agents => match call(OperatorRequest::ListAgents).await? {
+            OperatorResponse::Agents(list) => print(json, list.as_slice(), render::agents)?,
+            other => return unexpected(other),
+        },
+        Cmd::Status { name } => match call(OperatorRequest::AgentDetail { name }).await? {
+            OperatorResponse::Agent(d) => print(json, &d, render::detail)?,
+            other => return unexpected(other),
+        },
+        Cmd::Messages {
+            name,
+            limit,
+            before,
+        } => {
+            let req = OperatorRequest::Messages {
+                mailbox: name,
+                before,
+                limit,
+            };
+            match call(req).await? {
+                OperatorResponse::Messages(list) => print(json, list.as_slice(), render::messages)?,
+                other => return unexpected(other),
+            }
+        }
+        Cmd::Questions => match call(OperatorRequest::Questions).await? {
+            OperatorResponse::Questions(list) => print(json, list.as_slice(), render::questions)?,
+            other => return unexpected(other),
+        },
+        Cmd::Answer { id, text } => {
+            match call(OperatorRequest::AnswerQuestion { id, answer: text }).await? {
+                OperatorResponse::Done => {
+                    done(json, serde_json::json!({ "answered": id }), || {
+                        format!("answered question {id}")
+                    })?
+                }
+                other => return unexpected(other),
+            }
+        }
+        Cmd::Send { name, text } => {
+            let to = name.clone();
+            match call(OperatorRequest::SendMessage { to, body: text }).await? {
+                OperatorResponse::MessageSent { id } => {
+                    done(json, serde_json::json!({ "id": id }), || {
+                        format!("sent message {id} to {name}")
+                    })?
+                }
+                other => return unexpected(other),
+            }
+        }
+        Cmd::Audit {
+            action: Some(AuditCmd::Verify),
+            ..
+        } => match client.call(AdminRequest::AuditVerify).await {
+            Ok(OperatorResponse::AuditVerified { rows, head }) => done(
+                json,
+                serde_json::json!({ "rows": rows, "head": head }),
+                || format!("audit chain intact: {rows} rows, head {head}"),
+            )?,
+            // The core names the first bad row; that sentence is the output.
+            Err(ClientError::Rpc(e)) => bail!("audit verify failed: {}", e.message),
+            Err(e) => return Err(e.into()),
+            Ok(other) => return unexpected(other),
+        },
+        Cmd::Audit {
+            action: None,
+            since,
+            limit,
+        } => {
+            let rows = audit_rows(&client, since, limit).await?;
+            print(json, rows.as_slice(), render::audit)?;
+        }
+        Cmd::Events { .. } => unreachable!("handled above"),
+    }
+    Ok(())
+}
+
+/// Pages through the audit log from `since` until the core has no more rows
+/// (or `limit` is reached), whatever page size the core clamps us to.
+async fn audit_rows(
+    client: &OperatorClient<AdminRequest>,
+    mut since: u64,
+    limit: Option<u64>,
+) -> Result<Vec<hive_proto::view::AuditEntry>> {
+    let mut rows = Vec::new();
+    loop {
+        let want = limit.map_or(u64::from(AUDIT_PAGE), |l| {
+            (l - rows.len() as u64).min(u64::from(AUDIT_PAGE))
+        });
+        if want == 0 {
+            break;
+        }
+        let req = OperatorRequest::Audit {
+            since,
+            limit: want as u32,
+        };
+        let page = match client.call(AdminRequest::Operator(req)).await? {
+            OperatorResponse::Audit(page) => page,
+            other => return unexpected(other),
+        };
+        let Some(last) = page.last().map(|r| r.seq) else {
+            break;
+        };
+        // A core that does not move forward would loop us forever.
+        if last <= since {
+            bail!("the core returned audit rows at or before seq {since}");
+        }
+        since = last;
+        rows.extend(page);
+    }
+    Ok(rows)
+}
+
+/// Streams events. Without `follow`, it asks the core for the newest event's
+/// sequence number first and stops once it has printed that one, so the
+/// output is exactly "everything so far"; [`CATCH_UP_IDLE`] only guards
+/// against a stream that stops short of that head.
+async fn events(socket: &std::path::Path, json: bool, follow: bool, since: u64) -> Result<()> {
+    let head = if follow {
+        None
+    } else {
+        let client = OperatorClient::<AdminRequest>::connect_as(socket, CLIENT_NAME).await?;
+        match client
+            .call(AdminRequest::Operator(OperatorRequest::Health))
+            .await?
+        {
+            OperatorResponse::Health(h) => Some(h.last_event_seq),
+            other => return unexpected(other),
+        }
+    };
+    let mut since = since;
+    loop {
+        if head.is_some_and(|h| since >= h) {
+            return Ok(());
+        }
+        let mut stream = subscribe_as(socket, since, CLIENT_NAME).await?;
+        loop {
+            let item = if follow {
+                stream.next_item().await
+            } else {
+                match tokio::time::timeout(CATCH_UP_IDLE, stream.next_item()).await {
+                    Ok(item) => item,
+                    Err(_) => return Ok(()),
+                }
+            };
+            match item {
+                Some(Ok(Streamed::Event(record))) => {
+                    since = record.seq;
+                    if json {
+                        println!("{}", serde_json::to_string(&record)?);
+                    } else {
+                        println!("{}", render::event(&record));
+                    }
+                    if head.is_some_and(|h| since >= h) {
+                        return Ok(());
+                    }
+                }
+                Some(Ok(Streamed::Lagged { resume_from })) => {
+                    // The events in between are gone from the store; say so
+                    // and carry on from where the core can resume.
+                    eprintln!(
+                        "hivectl: events {}..{resume_from} are no longer kept; continuing",
+                        since + 1
+                    );
+                    since = resume_from;
+                    break;
+                }
+                Some(Err(e)) => return Err(e.into()),
+                None => return Err(anyhow!("the event stream ended")),
+            }
+        }
+    }
+}
+
+fn print<T: Serialize + ?Sized>(json: bool, value: &T, table: impl Fn(&T) -> String) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", table(value));
+    }
+    Ok(())
+}
+
+fn done(json: bool, value: serde_json::Value, text: impl Fn() -> String) -> Result<()> {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{}", text());
+    }
+    Ok(())
+}
+
+fn unexpected<T>(resp: OperatorResponse) -> Result<T> {
+    let kind = format!("{resp:?}");
+    let kind = kind.split(['(', ' ', '{']).next().unwrap_or("?");
+    Err(anyhow!(
+        "the core answered with {kind}, which this hivectl does not expect here"
+    ))
+    .context("unexpected reply")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_parse_in_any_position() {
+        let cli = Cli::try_parse_from(["hivectl", "messages", "operator", "--json"]).unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Messages {
+                name: Principal::Operator,
+                limit: 50,
+                before: None
+            }
+        ));
+        let cli =
+            Cli::try_parse_from(["hivectl", "--socket", "/tmp/a.sock", "audit", "verify"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/a.sock"));
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Audit {
+                action: Some(AuditCmd::Verify),
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["hivectl", "audit", "--since", "9"]).unwrap();
+        assert!(matches!(
+            cli.cmd,
+            Cmd::Audit {
+                action: None,
+                since: 9,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_anything_is_sent() {
+        let bad: [&[&str]; 3] = [
+            &["hivectl", "status", "../etc"],
+            &["hivectl", "send", "Bob", "hi"],
+            &["hivectl", "messages", "a/b"],
+        ];
+        for argv in bad {
+            assert!(Cli::try_parse_from(argv).is_err(), "{argv:?}");
+        }
+    }
+}
