@@ -11,11 +11,18 @@
 //! **Architecture invariant:** the core has no TCP listener. Every channel
 //! it serves is a unix socket with an explicit mode and a peer check.
 
+pub mod agent_socket;
 pub mod config;
+pub mod daemon;
+pub mod dev;
 pub mod error;
 pub mod hive;
 pub mod hub;
+pub mod operator_socket;
+pub mod peer;
+pub mod runtime;
 pub mod store;
+pub mod unix_socket;
 
 pub use error::Error;
 

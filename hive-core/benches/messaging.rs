@@ -1,0 +1,2 @@
+//! Messaging benchmark (filled in below).
+fn main() {}

@@ -1,0 +1,481 @@
+//! One connection on an agent's socket: read lines, answer them, push new
+//! messages.
+//!
+//! The connection task reads request lines while earlier requests are still
+//! in flight (up to [`MAX_IN_FLIGHT`]), so a client that pipelines its sends
+//! keeps the store's group commit full. Each request's future is first
+//! polled before the next line is read (the in-flight arm comes first in a
+//! `biased` select), so the hive sees one connection's requests in the order
+//! they arrived; replies carry the request's id and are written as they
+//! complete. Every byte to the peer goes through one writer task fed by a
+//! bounded queue, so replies and pushes never interleave inside a line.
+//!
+//! `recv` is the one transport-specific verb and lives here, as the
+//! [`Delivery`] state: subscribe to the inbox first, then read the backlog
+//! from the store, and from the first `recv` on push every newly committed
+//! message the moment the hub publishes it. The rule that keeps delivery
+//! gap-free: the inbox channel is only polled while no store read is in
+//! flight and the backlog is fully read; the channel buffers meanwhile, and
+//! anything it drops (lag) is read back from the store.
+//!
+//! This module must never decide who the agent is (the listener told it)
+//! and never apply policy (that is [`Hive::agent_call`]'s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt, StreamExt};
+use hive_proto::agent::{
+    self, AgentRequest, ErrorBody, Push, RecvResult, RequestLine, ResponseLine, MAX_RECV,
+    MAX_WAIT_MS,
+};
+use hive_proto::codec::{DecodeError, LineCodec};
+use hive_proto::view::{ErrorCode, Message};
+use hive_proto::AgentName;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, mpsc};
+use tokio::time::Instant;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::{CATCH_UP_PAGE, MAX_IN_FLIGHT, WRITE_QUEUE};
+use crate::hive::{Hive, Refusal};
+
+/// How long a closing connection waits for its peer to read the last
+/// replies before the writer is dropped.
+pub const WRITER_DRAIN: Duration = Duration::from_secs(5);
+/// Most messages taken from the inbox channel in one go, so one burst
+/// becomes one `recv` reply or one batch of pushes without starving reads.
+const INBOX_BATCH: usize = 256;
+
+/// A connection, before it is served.
+pub(super) struct Connection {
+    agent: AgentName,
+    hive: Hive,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    pub(super) fn new(agent: AgentName, hive: Hive, shutdown: CancellationToken) -> Self {
+        Self {
+            agent,
+            hive,
+            shutdown,
+        }
+    }
+
+    /// Serves the connection until the peer leaves, a fatal line arrives, or
+    /// the daemon shuts down (then in-flight requests are still answered).
+    pub(super) async fn serve(self, stream: UnixStream) {
+        let _counted = self.hive.connection_opened(&self.agent);
+        let (rd, wr) = stream.into_split();
+        let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
+        let mut writer = tokio::spawn(write_lines(
+            FramedWrite::new(wr, LineCodec::default()),
+            out_rx,
+        ));
+        let mut state = State {
+            agent: self.agent,
+            hive: self.hive,
+            shutdown: self.shutdown,
+            out,
+            in_flight: FuturesUnordered::new(),
+            reading: true,
+            closing: false,
+            delivery: Delivery::default(),
+        };
+        state.run(FramedRead::new(rd, LineCodec::default())).await;
+        // Dropping the state drops the queue's sender: the writer flushes what
+        // is queued and ends, unless the peer stopped reading.
+        drop(state);
+        if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
+    }
+}
+
+/// The one writer: takes lines off the queue, writes as many as are ready,
+/// then flushes once, so a burst of replies costs one syscall, not one each.
+async fn write_lines(
+    mut sink: FramedWrite<OwnedWriteHalf, LineCodec>,
+    mut queue: mpsc::Receiver<String>,
+) {
+    while let Some(line) = queue.recv().await {
+        if sink.feed(line).await.is_err() {
+            return;
+        }
+        while let Ok(line) = queue.try_recv() {
+            if sink.feed(line).await.is_err() {
+                return;
+            }
+        }
+        if SinkExt::<String>::flush(&mut sink).await.is_err() {
+            return;
+        }
+    }
+    let _ = SinkExt::<String>::close(&mut sink).await;
+}
+
+/// A `recv` that has not been answered yet.
+#[derive(Clone, Copy, Debug)]
+struct PendingRecv {
+    id: u64,
+    max: u32,
+    wait_ms: u64,
+}
+
+type Read = BoxFuture<'static, Result<Vec<Message>, Refusal>>;
+
+/// What this connection has delivered and what it is waiting for.
+#[derive(Default)]
+struct Delivery {
+    /// The agent's inbox channel, subscribed at the first `recv`.
+    inbox: Option<broadcast::Receiver<Arc<Message>>>,
+    /// Highest message id sent to this connection. A new connection starts
+    /// at 0, so whatever is unacknowledged is delivered again: at least once.
+    last_delivered: u64,
+    /// After the first `recv` is answered, new messages are pushed.
+    listening: bool,
+    /// The store may hold undelivered messages (a full page, or the channel
+    /// lagged): read pages until one comes back short.
+    catching_up: bool,
+    /// A store read in flight, its page size, and the `recv` it answers (or
+    /// `None` for a catch-up page).
+    read: Option<(Read, u32, Option<PendingRecv>)>,
+    /// A `recv` that found nothing and waits for the first new message.
+    waiting: Option<(PendingRecv, Instant)>,
+}
+
+impl Delivery {
+    /// Whether a `recv` is still to be answered.
+    fn recv_pending(&self) -> bool {
+        self.waiting.is_some() || matches!(self.read, Some((_, _, Some(_))))
+    }
+
+    /// Keeps the messages this connection has not seen and records them as
+    /// delivered.
+    fn take_new(&mut self, msgs: Vec<Message>) -> Vec<Message> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            if m.id > self.last_delivered {
+                self.last_delivered = m.id;
+                out.push(m);
+            }
+        }
+        out
+    }
+}
+
+struct State {
+    agent: AgentName,
+    hive: Hive,
+    shutdown: CancellationToken,
+    out: mpsc::Sender<String>,
+    in_flight: FuturesUnordered<BoxFuture<'static, String>>,
+    /// Still reading request lines.
+    reading: bool,
+    /// A fatal line or shutdown: answer what is in flight and go, without
+    /// waiting for a pending `recv`.
+    closing: bool,
+    delivery: Delivery,
+}
+
+/// The peer or the writer is gone; stop serving.
+struct Gone;
+
+impl State {
+    async fn run(&mut self, mut lines: FramedRead<OwnedReadHalf, LineCodec>) {
+        loop {
+            let d = &self.delivery;
+            if !self.reading && self.in_flight.is_empty() && (self.closing || !d.recv_pending()) {
+                return;
+            }
+            if d.read.is_none() && d.catching_up {
+                self.start_read(None, CATCH_UP_PAGE);
+            }
+            let d = &self.delivery;
+            let can_read = self.reading && self.in_flight.len() < MAX_IN_FLIGHT;
+            let take_inbox = d.inbox.is_some()
+                && d.read.is_none()
+                && !d.catching_up
+                && (d.listening || d.waiting.is_some());
+            let deadline = d.waiting.as_ref().map(|(_, at)| *at);
+            let step = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled(), if self.reading => {
+                    self.reading = false;
+                    self.closing = true;
+                    Ok(())
+                }
+                _ = self.out.closed() => Err(Gone),
+                Some(line) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.send(line).await
+                }
+                read = poll_read(&mut self.delivery.read), if self.delivery.read.is_some() => {
+                    self.read_done(read).await
+                }
+                got = recv_inbox(&mut self.delivery.inbox), if take_inbox => {
+                    self.inbox_item(got).await
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.recv_timed_out().await
+                }
+                frame = lines.next(), if can_read => self.frame(frame).await,
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    // `&mut self`, not `&self`: the state is `Send` but not `Sync`.
+    async fn send(&mut self, line: String) -> Result<(), Gone> {
+        self.out.send(line).await.map_err(|_| Gone)
+    }
+
+    async fn frame(&mut self, frame: Option<Result<Bytes, DecodeError>>) -> Result<(), Gone> {
+        match frame {
+            Some(Ok(line)) => self.line(&line).await,
+            Some(Err(DecodeError::LineTooLong)) => {
+                // We cannot know where the next request starts: say why, close.
+                self.reading = false;
+                self.closing = true;
+                let err = ErrorBody::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "line is over the {}-byte limit; closing",
+                        hive_proto::codec::MAX_LINE
+                    ),
+                );
+                self.send(ResponseLine::err(None, err).to_line()).await
+            }
+            Some(Err(e)) => {
+                tracing::debug!(agent = %self.agent, error = %e, "agent connection read failed");
+                self.reading = false;
+                self.closing = true;
+                Ok(())
+            }
+            None => {
+                self.reading = false;
+                Ok(())
+            }
+        }
+    }
+
+    async fn line(&mut self, line: &[u8]) -> Result<(), Gone> {
+        match agent::parse_request(line) {
+            Err((id, err)) => self.send(ResponseLine::err(id, err).to_line()).await,
+            Ok(RequestLine {
+                id,
+                req: AgentRequest::Recv { wait_ms, max },
+            }) => self.recv(PendingRecv { id, max, wait_ms }).await,
+            Ok(RequestLine { id, req }) => {
+                let hive = self.hive.clone();
+                let agent = self.agent.clone();
+                self.in_flight.push(Box::pin(async move {
+                    let reply = match hive.agent_call(&agent, req).await {
+                        Ok(result) => ResponseLine::ok(id, &result),
+                        Err(refusal) => ResponseLine::err(Some(id), refusal.into()),
+                    };
+                    reply.to_line()
+                }));
+                Ok(())
+            }
+        }
+    }
+
+    /// `recv {wait_ms, max}`: backlog first, else wait for the first push.
+    async fn recv(&mut self, p: PendingRecv) -> Result<(), Gone> {
+        let bad = if p.max == 0 || p.max > MAX_RECV {
+            Some(format!("max must be between 1 and {MAX_RECV}"))
+        } else if p.wait_ms > MAX_WAIT_MS {
+            Some(format!("wait_ms must be at most {MAX_WAIT_MS}"))
+        } else if self.delivery.recv_pending() {
+            None
+        } else {
+            return self.start_recv(p).await;
+        };
+        let err = match bad {
+            Some(msg) => ErrorBody::new(ErrorCode::BadRequest, msg),
+            None => ErrorBody::new(
+                ErrorCode::Conflict,
+                "a recv is already waiting on this connection",
+            ),
+        };
+        self.send(ResponseLine::err(Some(p.id), err).to_line())
+            .await
+    }
+
+    async fn start_recv(&mut self, p: PendingRecv) -> Result<(), Gone> {
+        let d = &mut self.delivery;
+        if d.inbox.is_none() {
+            // Subscribe before reading the backlog, so a message committed
+            // between the two is in the channel, not lost.
+            d.inbox = Some(self.hive.subscribe_inbox(&self.agent));
+        }
+        if d.read.is_some() || d.catching_up {
+            // A catch-up read is under way; its messages answer this recv.
+            d.waiting = Some((p, deadline_after(p.wait_ms)));
+        } else {
+            self.start_read(Some(p), p.max);
+        }
+        Ok(())
+    }
+
+    fn start_read(&mut self, for_recv: Option<PendingRecv>, page: u32) {
+        let hive = self.hive.clone();
+        let agent = self.agent.clone();
+        let after = self.delivery.last_delivered;
+        let read: Read = Box::pin(async move { hive.unacked(&agent, after, page).await });
+        self.delivery.read = Some((read, page, for_recv));
+    }
+
+    async fn read_done(
+        &mut self,
+        (result, page, for_recv): (Result<Vec<Message>, Refusal>, u32, Option<PendingRecv>),
+    ) -> Result<(), Gone> {
+        self.delivery.read = None;
+        let msgs = match result {
+            Ok(msgs) => msgs,
+            Err(refusal) => {
+                tracing::warn!(agent = %self.agent, error = %refusal, "reading the inbox failed");
+                return match for_recv {
+                    Some(p) => {
+                        self.send(ResponseLine::err(Some(p.id), refusal.into()).to_line())
+                            .await
+                    }
+                    // A listener that cannot catch up would silently miss
+                    // messages; closing makes its client reconnect and get
+                    // them again.
+                    None => Err(Gone),
+                };
+            }
+        };
+        self.delivery.catching_up = msgs.len() as u32 >= page;
+        match for_recv {
+            Some(p) if msgs.is_empty() && p.wait_ms > 0 => {
+                self.delivery.waiting = Some((p, deadline_after(p.wait_ms)));
+                Ok(())
+            }
+            Some(p) => {
+                let messages = self.delivery.take_new(msgs);
+                self.delivery.listening = true;
+                self.send(ResponseLine::ok(p.id, &RecvResult { messages }).to_line())
+                    .await
+            }
+            None => self.deliver(msgs).await,
+        }
+    }
+
+    async fn inbox_item(
+        &mut self,
+        got: Result<Arc<Message>, broadcast::error::RecvError>,
+    ) -> Result<(), Gone> {
+        use broadcast::error::{RecvError, TryRecvError};
+        let first = match got {
+            Ok(m) => m,
+            Err(RecvError::Lagged(n)) => {
+                tracing::debug!(agent = %self.agent, skipped = n, "inbox lagged; re-reading the store");
+                self.delivery.catching_up = true;
+                return Ok(());
+            }
+            Err(RecvError::Closed) => {
+                self.delivery.inbox = None;
+                return Ok(());
+            }
+        };
+        let mut batch = vec![Message::clone(&first)];
+        if let Some(rx) = self.delivery.inbox.as_mut() {
+            while batch.len() < INBOX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(Message::clone(&m)),
+                    Err(TryRecvError::Lagged(_)) => {
+                        self.delivery.catching_up = true;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        self.deliver(batch).await
+    }
+
+    /// Sends messages this connection has not seen: as the answer to a
+    /// waiting `recv` (up to its `max`), the rest as pushes.
+    async fn deliver(&mut self, msgs: Vec<Message>) -> Result<(), Gone> {
+        let d = &mut self.delivery;
+        if !d.listening && d.waiting.is_none() {
+            // Nobody asked yet; leave them undelivered for the first recv.
+            return Ok(());
+        }
+        let mut msgs = d.take_new(msgs);
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        if let Some((p, _)) = d.waiting.take() {
+            d.listening = true;
+            let rest = if msgs.len() > p.max as usize {
+                msgs.split_off(p.max as usize)
+            } else {
+                Vec::new()
+            };
+            self.send(ResponseLine::ok(p.id, &RecvResult { messages: msgs }).to_line())
+                .await?;
+            msgs = rest;
+        }
+        for message in msgs {
+            self.send(Push::Message { message }.to_line()).await?;
+        }
+        Ok(())
+    }
+
+    async fn recv_timed_out(&mut self) -> Result<(), Gone> {
+        let Some((p, _)) = self.delivery.waiting.take() else {
+            return Ok(());
+        };
+        self.delivery.listening = true;
+        let empty = RecvResult {
+            messages: Vec::new(),
+        };
+        self.send(ResponseLine::ok(p.id, &empty).to_line()).await
+    }
+}
+
+fn deadline_after(wait_ms: u64) -> Instant {
+    Instant::now() + Duration::from_millis(wait_ms)
+}
+
+async fn poll_read(
+    read: &mut Option<(Read, u32, Option<PendingRecv>)>,
+) -> (Result<Vec<Message>, Refusal>, u32, Option<PendingRecv>) {
+    match read {
+        Some((fut, page, for_recv)) => {
+            let result = fut.await;
+            (result, *page, *for_recv)
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_inbox(
+    inbox: &mut Option<broadcast::Receiver<Arc<Message>>>,
+) -> Result<Arc<Message>, broadcast::error::RecvError> {
+    match inbox {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

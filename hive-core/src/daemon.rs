@@ -1,0 +1,268 @@
+//! The daemon: wires the [`Hive`] (store, policy, scheduler), the agent
+//! sockets, the operator sockets and the runtime together, and takes them
+//! down in order.
+//!
+//! Start: resolve the configured users and groups (fail before touching
+//! anything), create the runtime and state directories, open the store,
+//! install the runtime, bind every socket (`admin.sock` last, so its
+//! existence means the daemon is ready), start the accept loops and the
+//! scheduler, then start the agents the runtime manages.
+//!
+//! Shutdown, mini-redis style: cancel the one [`CancellationToken`] (accept
+//! loops stop, connections stop reading and answer what is in flight, event
+//! streams end), stop the agents, wait for every tracked task (bounded by
+//! [`SHUTDOWN_GRACE`]), then close the store, so every reply a peer saw was
+//! committed first. This module must never serve a request itself.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, RuntimeKind};
+use crate::hive::Hive;
+use crate::operator_socket::{self, AdminEndpoint, WebEndpoint, OPERATOR_SOCKET_MODE};
+use crate::peer::{self, PeerError};
+use crate::runtime::process::{AgentLaunch, ProcessRuntime, ProcessSettings, STOP_GRACE};
+use crate::runtime::{Control, DetachedRuntime, Runtime};
+use crate::unix_socket::{self, SocketSetupError};
+use crate::{agent_socket, Error};
+
+/// Longest the daemon waits for its connections to finish at shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// `/run/hyperhive`: others may traverse (to reach `web.sock` and
+/// `admin.sock`, which their own modes guard) but not list it.
+pub const RUNTIME_DIR_MODE: u32 = 0o751;
+/// `/var/lib/hyperhive`: root only.
+pub const STATE_DIR_MODE: u32 = 0o700;
+/// File descriptors the daemon asks for: every agent connection costs one.
+pub const WANT_NOFILE: u64 = 65536;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Hive(#[from] Error),
+    #[error(transparent)]
+    Socket(#[from] SocketSetupError),
+    #[error("admin_group {group:?}: {source}")]
+    AdminGroup { group: String, source: PeerError },
+    #[error("web_user {user:?}: {source}")]
+    WebUser { user: String, source: PeerError },
+    #[error("agent {agent}: the process runtime needs a `command` to run it")]
+    NoCommand { agent: String },
+}
+
+/// What the caller may decide instead of the config.
+#[derive(Default)]
+pub struct Options {
+    /// Use this runtime instead of the one the config names (`dev` builds
+    /// its own).
+    pub runtime: Option<Arc<dyn Runtime>>,
+    /// Extra host paths the process runtime's sandbox hides.
+    pub hide: Vec<PathBuf>,
+}
+
+/// A started daemon.
+pub struct Daemon {
+    hive: Hive,
+    runtime: Arc<dyn Runtime>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    sockets: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Starts everything; returns once every socket accepts connections.
+    pub async fn start(config: Config, opts: Options) -> Result<Self, DaemonError> {
+        raise_nofile_limit();
+        let admin_group = match &config.admin_group {
+            Some(group) => Some((
+                group.clone(),
+                peer::lookup_group_gid(group).map_err(|source| DaemonError::AdminGroup {
+                    group: group.clone(),
+                    source,
+                })?,
+            )),
+            None => None,
+        };
+        let web_user = match &config.web_user {
+            Some(user) => Some(
+                peer::lookup_user(user).map_err(|source| DaemonError::WebUser {
+                    user: user.clone(),
+                    source,
+                })?,
+            ),
+            None => None,
+        };
+
+        unix_socket::ensure_dir(&config.runtime_dir, RUNTIME_DIR_MODE, None)?;
+        unix_socket::ensure_dir(&config.state_dir, STATE_DIR_MODE, None)?;
+
+        let runtime = match opts.runtime {
+            Some(rt) => rt,
+            None => runtime_from_config(&config, opts.hide)?,
+        };
+        let hive = Hive::open(config.clone()).await?;
+        hive.set_runtime(Arc::new(Control(Arc::clone(&runtime))));
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let mut sockets = Vec::new();
+
+        let agents = agent_socket::bind_all(&config)?;
+        sockets.extend(agents.iter().map(|s| s.path.clone()));
+        agent_socket::serve_all(agents, &hive, &shutdown, &tracker);
+
+        let web = unix_socket::bind(
+            &config.web_socket(),
+            OPERATOR_SOCKET_MODE,
+            web_user.as_ref().map(|u| u.gid),
+        )?;
+        sockets.push(config.web_socket());
+        let web_ep = WebEndpoint::new(web_user.map(|u| (u.name, u.uid)));
+        operator_socket::serve(web_ep, web, &hive, &shutdown, &tracker);
+
+        let admin = unix_socket::bind(
+            &config.admin_socket(),
+            OPERATOR_SOCKET_MODE,
+            admin_group.as_ref().map(|(_, gid)| *gid),
+        )?;
+        sockets.push(config.admin_socket());
+        operator_socket::serve(
+            AdminEndpoint::new(admin_group),
+            admin,
+            &hive,
+            &shutdown,
+            &tracker,
+        );
+
+        let scheduler_hive = hive.clone();
+        let scheduler_stop = shutdown.clone().cancelled_owned();
+        tracker.spawn(async move { scheduler_hive.run_scheduler(scheduler_stop).await });
+
+        for agent in runtime.autostart() {
+            if let Err(e) = runtime.start(&agent).await {
+                tracing::error!(agent = %agent, error = %e, "could not start agent");
+            }
+        }
+        tracing::info!(
+            runtime_dir = %config.runtime_dir.display(),
+            state_dir = %config.state_dir.display(),
+            runtime = runtime.name(),
+            agents = config.agents.len(),
+            "hive-core ready"
+        );
+        Ok(Self {
+            hive,
+            runtime,
+            shutdown,
+            tracker,
+            sockets,
+        })
+    }
+
+    pub fn hive(&self) -> &Hive {
+        &self.hive
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn Runtime> {
+        &self.runtime
+    }
+
+    /// Stops accepting, stops the agents, waits for every handler (bounded
+    /// by [`SHUTDOWN_GRACE`]), then closes the store and removes the sockets.
+    pub async fn shutdown(self) {
+        tracing::info!("hive-core shutting down");
+        self.shutdown.cancel();
+        self.tracker.close();
+        let drained = async {
+            if tokio::time::timeout(SHUTDOWN_GRACE, self.tracker.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "some connections did not finish within {}s; closing anyway",
+                    SHUTDOWN_GRACE.as_secs()
+                );
+            }
+        };
+        tokio::join!(self.runtime.shutdown(), drained);
+        self.hive.shutdown().await;
+        for path in &self.sockets {
+            if let Err(e) = unix_socket::remove_stale_socket(path) {
+                tracing::warn!(error = %e, "leaving a socket behind");
+            }
+        }
+        tracing::info!("hive-core stopped");
+    }
+}
+
+/// Runs the daemon until `signal` resolves, then shuts it down.
+pub async fn run(
+    config: Config,
+    opts: Options,
+    signal: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let daemon = Daemon::start(config, opts).await?;
+    signal.await;
+    daemon.shutdown().await;
+    Ok(())
+}
+
+/// The runtime the config names. Under `process`, every agent needs a
+/// `command`.
+pub fn runtime_from_config(
+    config: &Config,
+    hide: Vec<PathBuf>,
+) -> Result<Arc<dyn Runtime>, DaemonError> {
+    match config.runtime {
+        RuntimeKind::Detached => Ok(Arc::new(DetachedRuntime)),
+        RuntimeKind::Process => {
+            let mut agents = std::collections::BTreeMap::new();
+            for (name, policy) in &config.agents {
+                let command = policy
+                    .command
+                    .clone()
+                    .ok_or_else(|| DaemonError::NoCommand {
+                        agent: name.to_string(),
+                    })?;
+                agents.insert(
+                    name.clone(),
+                    AgentLaunch {
+                        command,
+                        socket_dir: config.agent_socket_dir(name),
+                        state_dir: config.agent_state_dir(name),
+                    },
+                );
+            }
+            let mut hide = hide;
+            hide.extend([config.runtime_dir.clone(), config.state_dir.clone()]);
+            Ok(Arc::new(ProcessRuntime::new(ProcessSettings {
+                agents,
+                hide,
+                stop_grace: STOP_GRACE,
+                sandbox: true,
+            })))
+        }
+    }
+}
+
+/// Raises the soft open-files limit towards [`WANT_NOFILE`] (capped by the
+/// hard limit): the agent sockets' connection caps assume the descriptors
+/// exist.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let want = WANT_NOFILE.min(hard);
+    if soft < want {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard) {
+            tracing::warn!(error = %e, soft, "could not raise the open-files limit");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! The `hive-core` binary: `run --config FILE` (the daemon) and `dev` (a
+//! whole local hive in one command). Flags are parsed here and handed to
+//! [`hive_core::daemon`] and [`hive_core::dev`]; logs go to stderr (or the
+//! journal, with `--log journald` in a build with the `journald` feature).
+//! Every failure is one line on stderr and a non-zero exit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use hive_core::config::Config;
+use hive_core::daemon::{self, Options};
+use hive_core::dev::{self, DevOptions, DevRuntime, DEFAULT_AGENTS};
+use hive_proto::AgentName;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(name = "hive-core", version, about = "hyperhive's root daemon")]
+struct Cli {
+    /// Where logs go.
+    #[arg(long, value_enum, default_value_t = LogTarget::Stderr, global = true)]
+    log: LogTarget,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogTarget {
+    Stderr,
+    Journald,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon from a config file.
+    Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a local hive: the daemon, hive-web and demo agents.
+    Dev {
+        /// Holds run/ (sockets), lib/ (store) and operator-token.
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Where hive-web serves the dashboard.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Comma-separated agent names.
+        #[arg(long, value_delimiter = ',', value_parser = parse_agent)]
+        agents: Option<Vec<AgentName>>,
+        /// Create the sockets but start no agent.
+        #[arg(long)]
+        no_demo: bool,
+        /// Do not start hive-web.
+        #[arg(long)]
+        no_web: bool,
+        #[arg(long, value_enum, default_value_t = RuntimeFlag::Process)]
+        runtime: RuntimeFlag,
+        /// hive-web binary (default: next to this one).
+        #[arg(long)]
+        web_bin: Option<PathBuf>,
+        /// hive-agent binary (default: next to this one).
+        #[arg(long)]
+        agent_bin: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RuntimeFlag {
+    Process,
+    Nspawn,
+}
+
+fn parse_agent(s: &str) -> Result<AgentName, String> {
+    AgentName::new(s).map_err(|e| format!("{s:?}: {e}"))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(cli.log) {
+        eprintln!("hive-core: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("hive-core: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: the chain joined, no backtrace.
+            eprintln!("hive-core: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> anyhow::Result<()> {
+    // Handlers first, so a signal during start-up is not the default death.
+    let stop = shutdown_signal().context("installing signal handlers")?;
+    match cmd {
+        Cmd::Run { config } => {
+            let config = Config::load(&config)?;
+            daemon::run(config, Options::default(), stop).await?;
+        }
+        Cmd::Dev {
+            state_dir,
+            listen,
+            agents,
+            no_demo,
+            no_web,
+            runtime,
+            web_bin,
+            agent_bin,
+        } => {
+            let agents = match agents {
+                Some(list) => list,
+                None => DEFAULT_AGENTS
+                    .iter()
+                    .map(|a| AgentName::new(a))
+                    .collect::<Result<_, _>>()?,
+            };
+            let opts = DevOptions {
+                state_dir,
+                listen,
+                agents,
+                no_demo,
+                no_web,
+                runtime: match runtime {
+                    RuntimeFlag::Process => DevRuntime::Process,
+                    RuntimeFlag::Nspawn => DevRuntime::Nspawn,
+                },
+                web_bin,
+                agent_bin,
+            };
+            dev::run(opts, stop).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+    })
+}
+
+fn init_logging(target: LogTarget) -> anyhow::Result<()> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    match target {
+        LogTarget::Stderr => tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init()
+            .context("installing the logger"),
+        #[cfg(feature = "journald")]
+        LogTarget::Journald => {
+            let layer = tracing_journald::layer().context("connecting to journald")?;
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init()
+                .context("installing the logger")
+        }
+        #[cfg(not(feature = "journald"))]
+        LogTarget::Journald => {
+            anyhow::bail!("this hive-core was built without the `journald` feature")
+        }
+    }
+}
