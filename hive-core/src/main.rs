@@ -4,6 +4,7 @@
 //! journal, with `--log journald` in a build with the `journald` feature).
 //! Every failure is one line on stderr and a non-zero exit.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,7 +79,21 @@ fn parse_agent(s: &str) -> Result<AgentName, String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print them as clap would.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, like every other failure; `--help` has the rest.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("hive-core: {}", first.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+    };
     if let Err(e) = init_logging(cli.log) {
         eprintln!("hive-core: {e:#}");
         return ExitCode::FAILURE;
@@ -165,7 +180,11 @@ fn init_logging(target: LogTarget) -> anyhow::Result<()> {
     match target {
         LogTarget::Stderr => tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
             .try_init()
             .context("installing the logger"),
         #[cfg(feature = "journald")]

@@ -1,0 +1,364 @@
+//! Shared helpers for hive-core's integration tests and its benchmark:
+//! start the real `hive-core` binary on temporary directories, wait for its
+//! sockets, speak raw JSON lines to an agent socket, kill it with SIGKILL,
+//! restart it, and skip-or-fail for tests that need root or a tool.
+#![allow(dead_code)] // Each test binary uses a different subset.
+
+use std::fs;
+use std::io::Read as _;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use hive_proto::client::operator::OperatorClient;
+use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+/// The daemon under test.
+pub const CORE_BIN: &str = env!("CARGO_BIN_EXE_hive-core");
+/// Longest the daemon may take to bind its sockets.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a test waits for one reply line.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Whether this run must not skip anything (`CI=true`).
+pub fn on_ci() -> bool {
+    std::env::var("CI").as_deref() == Ok("true")
+}
+
+/// For a test that cannot run here: panics under `CI=true`, otherwise
+/// prints why and lets the caller return.
+pub fn skip_or_fail(why: &str) {
+    if on_ci() {
+        panic!("this test cannot run here, and CI=true forbids skipping: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
+/// Whether the test runs as root (needed to switch uids).
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A temporary hive: its directories, config file and daemon process.
+pub struct TestHive {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestHive {
+    /// A hive with `agents` (default policies) and the `detached` runtime,
+    /// so nothing but the test talks on the agent sockets.
+    pub fn new(agents: &[&str]) -> Self {
+        let tables: String = agents.iter().map(|a| format!("[agents.{a}]\n")).collect();
+        Self::with_config("", &tables)
+    }
+
+    /// A hive whose config has `top` (top-level keys) and `agents` (the
+    /// `[agents.*]` tables) added to the temporary directories.
+    pub fn with_config(top: &str, agents: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("hive-core-test")
+            .tempdir()
+            .expect("temp dir");
+        let config_path = dir.path().join("hive.toml");
+        let config = format!(
+            "state_dir = {:?}\nruntime_dir = {:?}\nruntime = \"detached\"\n{top}\n{agents}",
+            dir.path().join("lib"),
+            dir.path().join("run"),
+        );
+        fs::write(&config_path, config).expect("writing config");
+        Self {
+            dir,
+            config_path,
+            child: None,
+        }
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    pub fn agent_socket(&self, agent: &str) -> PathBuf {
+        self.runtime_dir()
+            .join("agents")
+            .join(agent)
+            .join("agent.sock")
+    }
+
+    pub fn admin_socket(&self) -> PathBuf {
+        self.runtime_dir().join("admin.sock")
+    }
+
+    pub fn web_socket(&self) -> PathBuf {
+        self.runtime_dir().join("web.sock")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("lib").join("hive.db")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("core.log")
+    }
+
+    /// The daemon's log so far, for failure messages.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts the daemon and waits until `admin.sock` (bound last) accepts.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "daemon already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let child = Command::new(CORE_BIN)
+            .arg("run")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("spawning hive-core");
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if std::os::unix::net::UnixStream::connect(self.admin_socket()).is_ok() {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("hive-core exited at start ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hive-core did not bind its sockets in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no shutdown, no flush, no cleanup.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon not running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hive-core ignored SIGTERM:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the daemon again on the same directories.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// An operator client on `admin.sock` (as root, or whoever runs this).
+    pub async fn admin(&self) -> OperatorClient<AdminRequest> {
+        OperatorClient::connect(self.admin_socket())
+            .await
+            .unwrap_or_else(|e| panic!("admin.sock: {e}\n{}", self.log()))
+    }
+
+    /// One operator call on a fresh admin connection.
+    pub async fn operator(&self, req: OperatorRequest) -> OperatorResponse {
+        self.admin()
+            .await
+            .call(AdminRequest::Operator(req))
+            .await
+            .unwrap_or_else(|e| panic!("operator call: {e}"))
+    }
+}
+
+impl Drop for TestHive {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A raw JSON-lines connection to an agent socket: the test writes exact
+/// bytes and reads exact lines. Pushed lines (`"event"`) that arrive while
+/// waiting for a reply are kept in `pushes`.
+pub struct LineConn {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    pub pushes: std::collections::VecDeque<Value>,
+    next_id: u64,
+}
+
+impl LineConn {
+    pub async fn connect(path: &Path) -> std::io::Result<Self> {
+        let stream = UnixStream::connect(path).await?;
+        let (r, w) = stream.into_split();
+        Ok(Self {
+            reader: BufReader::new(r),
+            writer: w,
+            pushes: Default::default(),
+            next_id: 1,
+        })
+    }
+
+    /// Writes `bytes` as they are (add the newline yourself).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.writer.write_all(bytes).await
+    }
+
+    /// Writes one JSON object and a newline.
+    pub async fn write_json(&mut self, v: &Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(v).expect("json");
+        line.push(b'\n');
+        self.writer.write_all(&line).await
+    }
+
+    /// The next line, parsed; `None` at EOF or on a reset connection.
+    pub async fn next_line(&mut self) -> Option<Value> {
+        let mut line = String::new();
+        match tokio::time::timeout(REPLY_TIMEOUT, self.reader.read_line(&mut line)).await {
+            Err(_) => panic!("no line within {REPLY_TIMEOUT:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => None,
+            Ok(Ok(_)) => Some(
+                serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("core sent a non-JSON line {line:?}: {e}")),
+            ),
+        }
+    }
+
+    /// Sends `{"id": <next>, "op": op, ...fields}` and returns the reply
+    /// with that id.
+    pub async fn request(&mut self, op: &str, fields: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut req = json!({"id": id, "op": op});
+        if let (Some(obj), Some(extra)) = (req.as_object_mut(), fields.as_object()) {
+            obj.extend(extra.clone());
+        }
+        self.write_json(&req).await.expect("write");
+        self.reply_to(id).await
+    }
+
+    /// Reads lines until the reply for `id`, keeping pushes.
+    pub async fn reply_to(&mut self, id: u64) -> Value {
+        loop {
+            let line = self
+                .next_line()
+                .await
+                .expect("connection closed before the reply");
+            if line.get("event").is_some() {
+                self.pushes.push_back(line);
+            } else if line["id"] == json!(id) {
+                return line;
+            } else {
+                panic!("unexpected line while waiting for {id}: {line}");
+            }
+        }
+    }
+
+    /// The next pushed line (from the queue or the socket).
+    pub async fn next_push(&mut self) -> Value {
+        if let Some(p) = self.pushes.pop_front() {
+            return p;
+        }
+        loop {
+            let line = self.next_line().await.expect("connection closed");
+            if line.get("event").is_some() {
+                return line;
+            }
+        }
+    }
+}
+
+/// The error code of a reply line, or `None` if it is `ok`.
+pub fn error_code(reply: &Value) -> Option<String> {
+    if reply["ok"] == json!(true) {
+        None
+    } else {
+        Some(reply["error"]["code"].as_str().unwrap_or("?").to_owned())
+    }
+}
+
+/// Runs `program args` as `uid:gid` (no supplementary groups) with `stdin`
+/// as its input; returns its exit status, stdout and stderr.
+pub fn run_as(
+    uid: u32,
+    gid: u32,
+    program: &str,
+    args: &[&str],
+    stdin: &[u8],
+) -> (ExitStatus, Vec<u8>, String) {
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(program)
+        .args(args)
+        .uid(uid)
+        .gid(gid)
+        // std drops supplementary groups when root changes the uid.
+        .current_dir("/")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("writing stdin");
+    drop(input);
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("stdout");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("stderr");
+    let status = child.wait().expect("wait");
+    (status, out, err)
+}
+
+/// A human description of how a process ended.
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("exit {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => "unknown".into(),
+    }
+}

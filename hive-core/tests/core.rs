@@ -1,0 +1,29 @@
+//! hive-core's integration tests. Each starts the real `hive-core` binary on
+//! temporary directories and talks to it only through its sockets.
+//!
+//! - `durability`: messages survive `kill -9`; delivery is pushed and at
+//!   least once across reconnects.
+//! - `authority`: identity is the socket; an agent cannot answer for the
+//!   operator or another agent, nor express an operator verb.
+//! - `abuse`: garbage, invalid UTF-8, over-long lines and a flood of
+//!   connections never stop the core serving other agents.
+//! - `operator`: admin.sock and web.sock peer checks (SO_PEERCRED), the
+//!   operator identity in the audit log, event streams that resume.
+//! - `audit`: `audit verify` detects a row changed behind the daemon's back.
+//! - `dev`: `hive-core dev` flags, directories, token, children, signals.
+
+#[path = "common/mod.rs"]
+mod common;
+
+#[path = "core/abuse.rs"]
+mod abuse;
+#[path = "core/audit.rs"]
+mod audit;
+#[path = "core/authority.rs"]
+mod authority;
+#[path = "core/dev.rs"]
+mod dev;
+#[path = "core/durability.rs"]
+mod durability;
+#[path = "core/operator.rs"]
+mod operator;

@@ -1,0 +1,283 @@
+//! `hive-core dev`: flags, directories, the operator token, children and
+//! signals.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hive_proto::client::operator::OperatorClient;
+use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
+
+use crate::common::{describe, is_root, skip_or_fail, CORE_BIN, START_TIMEOUT};
+
+/// Runs `hive-core dev ARGS` to completion (for flags that must fail).
+fn dev_fails(args: &[&str]) -> String {
+    let out = Command::new(CORE_BIN)
+        .arg("dev")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "dev {args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_owned();
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    err
+}
+
+#[test]
+fn dev_refuses_bad_flags_and_unusable_state_dirs_in_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    fs::write(&file, "").unwrap();
+    let d = dir.path().join("state");
+    let d = d.to_str().unwrap();
+    let base = ["--listen", "127.0.0.1:0", "--no-web", "--no-demo"];
+
+    let err = dev_fails(&[&["--state-dir", file.to_str().unwrap()][..], &base].concat());
+    assert!(err.contains("not a directory"), "{err}");
+    let err = dev_fails(&["--state-dir", d, "--listen", "localhost-ish"]);
+    assert!(err.contains("--listen"), "{err}");
+    let err = dev_fails(&[&["--state-dir", d, "--agents", "Alice"][..], &base].concat());
+    assert!(err.contains("lowercase"), "{err}");
+    let err = dev_fails(&[&["--state-dir", d, "--runtime", "nspawn"][..], &base].concat());
+    assert!(err.contains("arrives with the containers issue"), "{err}");
+    let err = dev_fails(&[
+        "--state-dir",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+        "--no-demo",
+        "--web-bin",
+        "/nonexistent/hive-web",
+    ]);
+    assert!(
+        err.contains("hive-web is not built") && err.contains("--no-web"),
+        "{err}"
+    );
+    let err = dev_fails(&["--state-dir", d, "--bogus"]);
+    assert!(err.contains("--bogus"), "{err}");
+}
+
+struct Dev {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new(CORE_BIN)
+            .arg("dev")
+            .arg("--state-dir")
+            .arg(dir.path().join("hive"))
+            .args(["--listen", "127.0.0.1:18099"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.path().join("stdout")).unwrap())
+            .stderr(fs::File::create(dir.path().join("stderr")).unwrap())
+            .spawn()
+            .unwrap();
+        let dev = Self { child, dir };
+        dev.wait_for(&dev.state().join("run/admin.sock"));
+        dev
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.path().join("hive")
+    }
+
+    fn output(&self) -> String {
+        let out = fs::read_to_string(self.dir.path().join("stdout")).unwrap_or_default();
+        let err = fs::read_to_string(self.dir.path().join("stderr")).unwrap_or_default();
+        format!("{out}{err}")
+    }
+
+    fn wait_for(&self, path: &Path) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        while !path.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no {}:\n{}",
+                path.display(),
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn sigterm_and_wait(mut self) -> (std::process::ExitStatus, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st, self.output());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "dev ignored SIGTERM:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn dev_without_demo_makes_sockets_and_a_private_token_and_exits_0_on_sigterm() {
+    let dev = Dev::start(&["--no-demo", "--no-web"]);
+    let state = dev.state();
+    for agent in ["alice", "bob", "carol"] {
+        assert!(state
+            .join(format!("run/agents/{agent}/agent.sock"))
+            .exists());
+    }
+    assert!(state.join("run/web.sock").exists());
+    assert!(state.join("lib/hive.db").exists());
+    let token_file = state.join("operator-token");
+    let meta = fs::metadata(&token_file).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    let token = fs::read_to_string(&token_file).unwrap();
+    let token = token.trim();
+    assert_eq!(token.len(), 64);
+    assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    // The runtime dir's modes follow DESIGN §2.
+    assert_eq!(
+        fs::metadata(state.join("run")).unwrap().mode() & 0o777,
+        0o751
+    );
+    assert_eq!(
+        fs::metadata(state.join("run/agents")).unwrap().mode() & 0o777,
+        0o700
+    );
+    assert_eq!(
+        fs::metadata(state.join("run/admin.sock")).unwrap().mode() & 0o777,
+        0o660
+    );
+
+    let (status, output) = dev.sigterm_and_wait();
+    assert!(
+        status.success(),
+        "dev exited with {}:\n{output}",
+        describe(status)
+    );
+    assert!(output.contains("http://127.0.0.1:18099/"), "{output}");
+    assert!(!output.contains(token), "the token leaked into the output");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_runs_each_agent_and_the_gateway_as_children_and_stops_them_all() {
+    if !is_root() {
+        skip_or_fail("this test checks the root path of dev (hive-web as nobody)");
+        return;
+    }
+    let bins = tempfile::tempdir().unwrap();
+    fs::set_permissions(bins.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    // A stand-in agent: reports through its own socket, records its pid in
+    // its state dir, then waits to be stopped.
+    let agent = bins.path().join("fake-agent");
+    fs::write(
+        &agent,
+        "#!/bin/sh\n\
+         echo $$ > \"$HOME/pid\"\n\
+         printf '{\"id\":1,\"op\":\"status\",\"text\":\"up as %s\"}\\n' \"$1\" \
+           | socat -t2 - \"UNIX-CONNECT:$HIVE_SOCKET\" > /dev/null\n\
+         exec sleep 600\n",
+    )
+    .unwrap();
+    // A stand-in gateway: records its arguments and pid.
+    let web_args = bins.path().join("web-args");
+    let web = bins.path().join("fake-web");
+    fs::write(
+        &web,
+        format!(
+            "#!/bin/sh\necho \"$$ $@\" > {}\nexec sleep 600\n",
+            web_args.display()
+        ),
+    )
+    .unwrap();
+    for f in [&agent, &web] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let dev = Dev::start(&[
+        "--agents",
+        "alice,bob",
+        "--agent-bin",
+        agent.to_str().unwrap(),
+        "--web-bin",
+        web.to_str().unwrap(),
+    ]);
+    let state = dev.state();
+    let admin = OperatorClient::<AdminRequest>::connect(state.join("run/admin.sock"))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let Ok(OperatorResponse::Agents(rows)) = admin
+            .call(AdminRequest::Operator(OperatorRequest::ListAgents))
+            .await
+        else {
+            panic!("list agents")
+        };
+        if rows
+            .iter()
+            .all(|r| r.status.as_deref() == Some("up as demo"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents did not report: {rows:?}\n{}",
+            dev.output()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    dev.wait_for(&web_args);
+    let args = fs::read_to_string(&web_args).unwrap();
+    let mut words = args.split_whitespace();
+    let web_pid: i32 = words.next().unwrap().parse().unwrap();
+    let rest: Vec<&str> = words.collect();
+    let copy = state.join("web/operator-token");
+    let want = format!(
+        "--core-socket {} --listen 127.0.0.1:18099 --tokens-file {} --user nobody",
+        state.join("run/web.sock").display(),
+        copy.display()
+    );
+    assert_eq!(rest.join(" "), want);
+    // The gateway's copy of the token belongs to nobody and no one else.
+    let meta = fs::metadata(&copy).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (65534, 0o400));
+    assert_eq!(
+        fs::read(&copy).unwrap(),
+        fs::read(state.join("operator-token")).unwrap()
+    );
+    let meta = fs::metadata(state.join("run/web.sock")).unwrap();
+    assert_eq!((meta.gid(), meta.mode() & 0o777), (65534, 0o660));
+
+    let mut pids = vec![web_pid];
+    for a in ["alice", "bob"] {
+        let p = fs::read_to_string(state.join(format!("lib/agents/{a}/state/pid"))).unwrap();
+        pids.push(p.trim().parse().unwrap());
+    }
+    let (status, output) = dev.sigterm_and_wait();
+    assert!(
+        status.success(),
+        "dev exited with {}:\n{output}",
+        describe(status)
+    );
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "child {pid} outlived dev"
+        );
+    }
+}
