@@ -1,1 +1,102 @@
-fn main() {}
+//! `hive-web`: parse the flags, read the tokens file, drop privileges and
+//! verify that none are left, then (only then) start the runtime, connect to
+//! the core and bind the listener.
+//!
+//! The tokens file is the one thing read before the drop: it is the
+//! gateway's own credential, root-only on disk in `hive-core dev` (under
+//! systemd, `LoadCredential=` hands it over the same way), and only its
+//! hashes are kept. Nothing else is opened while privileged.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tokio::net::TcpListener;
+use tracing_subscriber::EnvFilter;
+
+use hive_web::config::{Cli, Config};
+use hive_web::core_link::SocketLink;
+use hive_web::hub::EventHub;
+use hive_web::tokens::TokenSet;
+use hive_web::{app, privilege, server, AppState};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match cli.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hive-web: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hive-web: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let tokens = TokenSet::load(&config.tokens_file)?;
+    // Still single-threaded here: credentials are per thread on Linux, so
+    // the drop must happen before the runtime starts its workers.
+    let dropped = privilege::drop_privileges(config.user.as_deref())?;
+    tracing::info!(
+        uid = dropped.uid,
+        gid = dropped.gid,
+        switched = dropped.switched,
+        "no capability left, no_new_privs set"
+    );
+    if config.wildcard_bind {
+        tracing::warn!(
+            listen = %config.listen,
+            "listening on every interface (--allow-wildcard-bind); anyone who can reach this host can reach the login page"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(config, tokens))
+}
+
+async fn serve(config: Config, tokens: TokenSet) -> anyhow::Result<()> {
+    let hub = Arc::new(EventHub::new());
+    let link = SocketLink::start(&config.core_socket, hub.clone());
+    let state = AppState::new(link, hub, tokens, config.trusted_tailscale_logins.clone());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr().context("no local address")?;
+    tracing::info!(listen = %local, core_socket = %config.core_socket.display(), "serving");
+    server::serve(listener, app(state), shutdown_signal())
+        .await
+        .context("the server failed")
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,505 @@
+//! Who is asking, and whether a state-changing request really comes from
+//! our own page.
+//!
+//! [`identify`] runs on every request. It resolves the operator from, in
+//! order: a trusted `Tailscale-User-Login` (only when the TCP peer is
+//! loopback and the login is on the allow-list; it gets a session of its
+//! own), the session cookie, or — under `/api/` only — `Authorization:
+//! Bearer`. It stores an [`Identity`] (or nothing) and the [`Transport`]
+//! facts in the request's extensions; the extractors below turn a missing
+//! identity into a 303 to `/login` (pages) or a 401 (API).
+//!
+//! [`CheckedForm`] is the only way a handler receives a POST body: it
+//! demands a session, a same-origin `Origin`/`Sec-Fetch-Site`, a form
+//! content type and the session's form token, in that order, before the
+//! handler runs.
+//!
+//! This module must never accept a token in a URL, believe a forwarded
+//! header from a non-loopback peer, or let a request change anything
+//! without all three checks.
+
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE, HOST, ORIGIN, SET_COOKIE};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Redirect, Response};
+use subtle::ConstantTimeEq;
+
+use crate::app::AppState;
+use crate::error::{ApiError, AppError};
+use crate::session::{SessionInfo, COOKIE_NAME};
+
+/// The header `tailscale serve` sets to the tailnet login of the visitor.
+pub const TAILSCALE_LOGIN_HEADER: &str = "tailscale-user-login";
+/// The form field carrying the per-session form token.
+pub const CSRF_FIELD: &str = "csrf";
+
+/// How the operator was recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthVia {
+    Session,
+    Bearer,
+    Tailscale,
+}
+
+/// The operator a request acts for.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// The login name the core records in its audit log.
+    pub operator: String,
+    /// The browser session, when there is one (never for bearer calls).
+    pub session: Option<SessionInfo>,
+    pub via: AuthVia,
+}
+
+/// Facts about how the request reached us.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Transport {
+    /// The TCP peer is a loopback address (e.g. `tailscale serve`).
+    pub peer_loopback: bool,
+    /// The browser reached us over TLS (as a loopback proxy says), so the
+    /// session cookie is marked `Secure`.
+    pub secure: bool,
+}
+
+/// Middleware: resolves [`Identity`] and [`Transport`]; see the module
+/// header for the order.
+pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    // A request without peer information (a misconfigured server) is
+    // treated as remote: fail closed.
+    let peer_loopback = peer.is_some_and(|p| p.ip().to_canonical().is_loopback());
+    let headers = req.headers();
+    let secure = peer_loopback
+        && (header_is(headers, "x-forwarded-proto", "https")
+            || headers.contains_key(TAILSCALE_LOGIN_HEADER));
+    let transport = Transport {
+        peer_loopback,
+        secure,
+    };
+    let path = req.uri().path();
+    let is_api = path.starts_with("/api/");
+    // Only a page load mints a session for a tailscale visitor; API calls
+    // and assets do not need one and must not churn the session store.
+    let may_mint =
+        req.method() == axum::http::Method::GET && !is_api && !path.starts_with("/static/");
+
+    let from_cookie = session_cookie(headers).and_then(|id| state.sessions.lookup(id));
+    let tailscale = if peer_loopback && !state.trusted_tailscale.is_empty() {
+        headers
+            .get(TAILSCALE_LOGIN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|login| state.trusted_tailscale.iter().any(|t| t == login))
+            .map(str::to_owned)
+    } else {
+        None
+    };
+
+    let mut set_cookie = None;
+    let identity = match (tailscale, from_cookie) {
+        (Some(login), Some(s)) if s.operator == login => Some(Identity {
+            operator: login,
+            session: Some(s),
+            via: AuthVia::Tailscale,
+        }),
+        (Some(login), _) => {
+            let session = if may_mint {
+                let (id, info) = state.sessions.create(&login);
+                set_cookie = Some(session_cookie_header(&id, secure));
+                Some(info)
+            } else {
+                None
+            };
+            Some(Identity {
+                operator: login,
+                session,
+                via: AuthVia::Tailscale,
+            })
+        }
+        (None, Some(s)) => Some(Identity {
+            operator: s.operator.clone(),
+            session: Some(s),
+            via: AuthVia::Session,
+        }),
+        (None, None) if is_api => {
+            bearer(headers)
+                .and_then(|t| state.tokens.verify(t))
+                .map(|login| Identity {
+                    operator: login.to_owned(),
+                    session: None,
+                    via: AuthVia::Bearer,
+                })
+        }
+        (None, None) => None,
+    };
+
+    req.extensions_mut().insert(transport);
+    if let Some(identity) = identity {
+        req.extensions_mut().insert(identity);
+    }
+    let mut resp = next.run(req).await;
+    if let Some(cookie) = set_cookie {
+        resp.headers_mut().append(SET_COOKIE, cookie);
+    }
+    resp
+}
+
+/// A page's operator; without one the browser is sent to `/login`.
+pub struct PageAuth(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for PageAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        parts
+            .extensions
+            .get::<Identity>()
+            .cloned()
+            .map(PageAuth)
+            .ok_or_else(|| Redirect::to("/login").into_response())
+    }
+}
+
+/// An API caller's operator; without one the answer is 401.
+pub struct ApiAuth(pub Identity);
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiAuth {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        match parts.extensions.get::<Identity>() {
+            Some(i) => Ok(ApiAuth(i.clone())),
+            None => {
+                let mut resp = ApiError(AppError::Unauthorized).into_response();
+                resp.headers_mut().insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"hyperhive\""),
+                );
+                Err(resp)
+            }
+        }
+    }
+}
+
+/// A form POST that passed every check: session, origin, content type and
+/// form token.
+pub struct CheckedForm {
+    pub identity: Identity,
+    pub session: SessionInfo,
+    pub transport: Transport,
+    pub fields: Fields,
+}
+
+impl<S: Send + Sync> FromRequest<S> for CheckedForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let identity = req
+            .extensions()
+            .get::<Identity>()
+            .cloned()
+            .ok_or_else(|| Redirect::to("/login").into_response())?;
+        let session = identity
+            .session
+            .clone()
+            .ok_or_else(|| AppError::Forbidden("a form needs a browser session").into_response())?;
+        let transport = req
+            .extensions()
+            .get::<Transport>()
+            .copied()
+            .unwrap_or_default();
+        check_same_origin(req.headers(), &transport)
+            .map_err(|why| AppError::Forbidden(why).into_response())?;
+        let fields = read_form(req, state).await?;
+        let presented = fields.get(CSRF_FIELD).unwrap_or("");
+        let ok: bool = presented.as_bytes().ct_eq(session.csrf.as_bytes()).into();
+        if !ok {
+            return Err(
+                AppError::Forbidden("the form token is missing or stale; reload the page")
+                    .into_response(),
+            );
+        }
+        Ok(Self {
+            identity,
+            session,
+            transport,
+            fields,
+        })
+    }
+}
+
+/// The login form: same-origin and form content type are checked, there is
+/// no session (and so no form token) yet.
+pub struct LoginForm {
+    pub transport: Transport,
+    pub fields: Fields,
+}
+
+impl<S: Send + Sync> FromRequest<S> for LoginForm {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        let transport = req
+            .extensions()
+            .get::<Transport>()
+            .copied()
+            .unwrap_or_default();
+        check_same_origin(req.headers(), &transport)
+            .map_err(|why| AppError::Forbidden(why).into_response())?;
+        let fields = read_form(req, state).await?;
+        Ok(Self { transport, fields })
+    }
+}
+
+async fn read_form<S: Send + Sync>(req: Request, state: &S) -> Result<Fields, Response> {
+    let is_form = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "expected application/x-www-form-urlencoded",
+        )
+            .into_response());
+    }
+    // Over-long bodies fail here with 413 (the body limit layer wraps them).
+    let bytes = Bytes::from_request(req, state)
+        .await
+        .map_err(IntoResponse::into_response)?;
+    Ok(Fields::parse(&bytes))
+}
+
+/// The fields of an `application/x-www-form-urlencoded` body, in order;
+/// repeated names are kept (multi-choice answers).
+#[derive(Clone, Debug, Default)]
+pub struct Fields(Vec<(String, String)>);
+
+impl Fields {
+    pub fn parse(body: &[u8]) -> Self {
+        Self(
+            form_urlencoded::parse(body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+}
+
+/// Whether a state-changing request comes from a page of this origin.
+///
+/// `Sec-Fetch-Site`, when the browser sends it, must be `same-origin`.
+/// `Origin`, when sent, must name the host the request was addressed to
+/// (`Host`, or `X-Forwarded-Host` when a loopback proxy such as `tailscale
+/// serve` rewrote `Host`). At least one of the two must be present: every
+/// browser this dashboard supports sends them on a form POST, and a request
+/// with neither cannot show where it came from.
+pub fn check_same_origin(headers: &HeaderMap, transport: &Transport) -> Result<(), &'static str> {
+    let site = headers.get("sec-fetch-site");
+    if let Some(site) = site {
+        if site.as_bytes() != b"same-origin" {
+            return Err("this request came from another site");
+        }
+    }
+    let Some(origin) = headers.get(ORIGIN) else {
+        return if site.is_some() {
+            Ok(())
+        } else {
+            Err("a state-changing request must carry Origin or Sec-Fetch-Site")
+        };
+    };
+    let origin = origin
+        .to_str()
+        .map_err(|_| "the Origin header is malformed")?;
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or("this request came from another origin")?;
+    let same = |h: Option<&HeaderValue>| {
+        h.and_then(|v| v.to_str().ok())
+            .is_some_and(|h| h.eq_ignore_ascii_case(authority))
+    };
+    if same(headers.get(HOST)) || (transport.peer_loopback && same(headers.get("x-forwarded-host")))
+    {
+        Ok(())
+    } else {
+        Err("this request came from another origin")
+    }
+}
+
+/// The `Set-Cookie` value that starts a session.
+pub fn session_cookie_header(id: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    // The id is URL-safe base64, so the value is always a valid header.
+    HeaderValue::from_str(&format!(
+        "{COOKIE_NAME}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
+}
+
+/// The `Set-Cookie` value that ends a session.
+pub fn clear_cookie_header(secure: bool) -> HeaderValue {
+    if secure {
+        HeaderValue::from_static(
+            "hive_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
+        )
+    } else {
+        HeaderValue::from_static("hive_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
+    }
+}
+
+/// The session id from the `Cookie` header(s), if any.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE_NAME)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+fn header_is(headers: &HeaderMap, name: &str, value: &str) -> bool {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    const LOCAL: Transport = Transport {
+        peer_loopback: true,
+        secure: false,
+    };
+    const REMOTE: Transport = Transport {
+        peer_loopback: false,
+        secure: false,
+    };
+
+    #[test]
+    fn same_origin_rules() {
+        let ok = [
+            headers(&[("sec-fetch-site", "same-origin")]),
+            headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+            ]),
+            headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "https://box.tail.ts.net"),
+                ("x-forwarded-host", "box.tail.ts.net"),
+                ("sec-fetch-site", "same-origin"),
+            ]),
+        ];
+        for h in &ok {
+            assert_eq!(check_same_origin(h, &LOCAL), Ok(()), "{h:?}");
+        }
+        let bad = [
+            headers(&[]),
+            headers(&[("sec-fetch-site", "cross-site")]),
+            headers(&[("sec-fetch-site", "same-site")]),
+            headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://evil.example"),
+            ]),
+            headers(&[("host", "127.0.0.1:8080"), ("origin", "null")]),
+            headers(&[
+                ("host", "127.0.0.1:8080"),
+                ("origin", "http://127.0.0.1:8080"),
+                ("sec-fetch-site", "cross-site"),
+            ]),
+        ];
+        for h in &bad {
+            assert!(check_same_origin(h, &LOCAL).is_err(), "{h:?}");
+        }
+        // X-Forwarded-Host is believed only from a loopback peer.
+        let fwd = headers(&[
+            ("host", "10.0.0.1:8080"),
+            ("origin", "http://evil.example"),
+            ("x-forwarded-host", "evil.example"),
+        ]);
+        assert!(check_same_origin(&fwd, &REMOTE).is_err());
+    }
+
+    #[test]
+    fn cookie_and_bearer_parsing() {
+        let h = headers(&[("cookie", "a=1; hive_session=abc; b=2")]);
+        assert_eq!(session_cookie(&h), Some("abc"));
+        assert_eq!(session_cookie(&headers(&[("cookie", "x=1")])), None);
+        assert_eq!(
+            bearer(&headers(&[("authorization", "Bearer tok")])),
+            Some("tok")
+        );
+        assert_eq!(bearer(&headers(&[("authorization", "Basic tok")])), None);
+    }
+
+    #[test]
+    fn repeated_form_fields_are_kept() {
+        let f = Fields::parse(b"choice=a&choice=b+c&csrf=x%2By");
+        assert_eq!(f.all("choice"), ["a", "b c"]);
+        assert_eq!(f.get("csrf"), Some("x+y"));
+        assert_eq!(f.get("none"), None);
+    }
+
+    #[test]
+    fn the_session_cookie_is_httponly_strict_and_secure_on_tls() {
+        let c = session_cookie_header("abc", true);
+        assert_eq!(
+            c.to_str().unwrap(),
+            "hive_session=abc; Path=/; HttpOnly; SameSite=Strict; Secure"
+        );
+        assert!(!session_cookie_header("abc", false)
+            .to_str()
+            .unwrap()
+            .contains("Secure"));
+    }
+}

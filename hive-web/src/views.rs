@@ -1,0 +1,581 @@
+//! What the pages show: askama templates (in `templates/`) and the plain
+//! view structs they render, built from `hive-proto`'s shapes.
+//!
+//! Every string an agent wrote (status, messages, questions, answers, file
+//! names and contents, diffs, journal lines) is a plain `String` here and is
+//! escaped by askama when rendered. This module must never mark anything
+//! `|safe` or build HTML by hand, and every URL it builds starts with `/`
+//! and percent-encodes what an agent named.
+
+use std::fmt::Write;
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use hive_proto::event::{Event, EventRecord};
+use hive_proto::operator::{Approval, DirEntry, LifecycleAction};
+use hive_proto::view::{
+    AgentSummary, ItemKind, Message, Question, QuestionState, Reminder, RunState,
+};
+use hive_proto::{AgentName, Principal, UnixMillis};
+
+use crate::session::Flash;
+
+/// Renders an askama template as an HTML response; a render failure is
+/// logged and answered with a generic 500.
+pub struct HtmlTemplate<T>(pub T);
+
+impl<T: Template> IntoResponse for HtmlTemplate<T> {
+    fn into_response(self) -> Response {
+        match self.0.render() {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "template failed to render");
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+        }
+    }
+}
+
+/// What every page's frame needs.
+#[derive(Clone, Debug, Default)]
+pub struct Chrome {
+    pub title: String,
+    /// The operator shown in the header; `None` on the login and error pages.
+    pub operator: Option<String>,
+    /// The session's form token, put into every form.
+    pub csrf: String,
+    pub flash: Option<Flash>,
+    /// The core could not be reached while rendering.
+    pub core_down: bool,
+    /// The event sequence this page's state is at least as new as; the
+    /// script follows `/api/events` from here. `None` disables the script.
+    pub since: Option<u64>,
+}
+
+/// A section that the core may have failed to fill: `Err` holds the
+/// sentence shown instead.
+pub type Section<T> = Result<T, String>;
+
+#[derive(Template)]
+#[template(path = "login.html")]
+pub struct LoginPage {
+    pub chrome: Chrome,
+    pub error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "error.html")]
+pub struct ErrorPage {
+    pub chrome: Chrome,
+    pub status: u16,
+    pub reason: String,
+    pub message: String,
+}
+
+impl ErrorPage {
+    pub fn new(status: StatusCode, message: String) -> Self {
+        Self {
+            chrome: Chrome {
+                title: status.canonical_reason().unwrap_or("error").to_owned(),
+                core_down: message == crate::error::CORE_UNREACHABLE,
+                ..Chrome::default()
+            },
+            status: status.as_u16(),
+            reason: status.canonical_reason().unwrap_or("error").to_owned(),
+            message,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "dashboard.html")]
+pub struct DashboardPage {
+    pub chrome: Chrome,
+    /// Where forms on this page return to.
+    pub back: String,
+    pub agents: Section<Vec<AgentRow>>,
+    pub questions: Section<Vec<QuestionView>>,
+    pub approvals: Section<Vec<ApprovalView>>,
+    pub events: Vec<EventLine>,
+}
+
+#[derive(Template)]
+#[template(path = "agent.html")]
+pub struct AgentPage {
+    pub chrome: Chrome,
+    pub back: String,
+    pub name: String,
+    pub summary: Section<AgentRow>,
+    pub allowed_recipients: String,
+    pub loose_ends: Vec<QuestionView>,
+    pub reminders: Vec<ReminderView>,
+    pub lifecycle: Vec<LifecycleButton>,
+    pub approvals: Section<Vec<ApprovalView>>,
+    pub messages: Section<Vec<MessageView>>,
+    pub files: Section<Vec<EntryView>>,
+    pub journal: Section<Vec<String>>,
+    pub config_deployed: Section<ConfigView>,
+    pub config_main: Section<ConfigView>,
+}
+
+#[derive(Template)]
+#[template(path = "state.html")]
+pub struct StatePage {
+    pub chrome: Chrome,
+    pub name: String,
+    pub agent_href: String,
+    /// `(href, label)` from the state dir's root down to here.
+    pub crumbs: Vec<(String, String)>,
+    pub listing: Option<Section<Vec<EntryView>>>,
+    pub file: Option<Section<FileView>>,
+}
+
+#[derive(Template)]
+#[template(path = "confirm.html")]
+pub struct ConfirmPage {
+    pub chrome: Chrome,
+    pub name: String,
+    pub agent_href: String,
+    pub action: &'static str,
+    pub label: &'static str,
+}
+
+/// One agent's row.
+#[derive(Clone, Debug)]
+pub struct AgentRow {
+    pub name: String,
+    pub href: String,
+    pub run_state: &'static str,
+    pub connections: u32,
+    pub status: String,
+    pub status_at: String,
+    pub unread: u64,
+    pub open_questions: u64,
+    pub deployed_sha: String,
+    pub needs_update: bool,
+}
+
+impl From<&AgentSummary> for AgentRow {
+    fn from(a: &AgentSummary) -> Self {
+        Self {
+            name: a.name.to_string(),
+            href: agent_href(&a.name),
+            run_state: run_state(a.run_state),
+            connections: a.connections,
+            status: a.status.clone().unwrap_or_default(),
+            status_at: a.status_at.map(fmt_time).unwrap_or_default(),
+            unread: a.unread,
+            open_questions: a.open_questions,
+            deployed_sha: a
+                .deployed_sha
+                .as_deref()
+                .map(|s| s.chars().take(12).collect())
+                .unwrap_or_else(|| "—".into()),
+            needs_update: a.needs_update,
+        }
+    }
+}
+
+/// A question with, when the operator may answer it, an inline answer box.
+#[derive(Clone, Debug)]
+pub struct QuestionView {
+    pub id: u64,
+    pub asker: String,
+    pub to: String,
+    pub question: String,
+    pub options: Vec<String>,
+    pub multi: bool,
+    pub asked_at: String,
+    pub expires_at: String,
+    pub state: &'static str,
+    pub answer: String,
+    pub answered_by: String,
+    pub answerable: bool,
+}
+
+impl From<&Question> for QuestionView {
+    fn from(q: &Question) -> Self {
+        Self {
+            id: q.id,
+            asker: q.asker.to_string(),
+            to: q.to.to_string(),
+            question: q.question.clone(),
+            options: q.options.clone(),
+            multi: q.multi,
+            asked_at: fmt_time(q.asked_at),
+            expires_at: q.expires_at.map(fmt_time).unwrap_or_default(),
+            state: match q.state {
+                QuestionState::Open => "open",
+                QuestionState::Answered => "answered",
+                QuestionState::Expired => "expired",
+                QuestionState::Cancelled => "cancelled",
+            },
+            answer: q.answer.clone().unwrap_or_default(),
+            answered_by: q
+                .answered_by
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            // The operator answers questions addressed to the operator
+            // (`OperatorRequest::AnswerQuestion`); others are the
+            // addressee's to answer.
+            answerable: q.state == QuestionState::Open && q.to == Principal::Operator,
+        }
+    }
+}
+
+/// One line of a diff, classed for colour.
+#[derive(Clone, Debug)]
+pub struct DiffLine {
+    pub class: &'static str,
+    pub text: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApprovalView {
+    pub id: u64,
+    pub agent: String,
+    pub agent_href: String,
+    pub proposer: String,
+    pub message: String,
+    pub diff: Vec<DiffLine>,
+    pub created_at: String,
+}
+
+impl From<&Approval> for ApprovalView {
+    fn from(a: &Approval) -> Self {
+        Self {
+            id: a.id,
+            agent: a.agent.to_string(),
+            agent_href: agent_href(&a.agent),
+            proposer: a.proposer.to_string(),
+            message: a.message.clone(),
+            diff: a
+                .diff
+                .lines()
+                .map(|l| DiffLine {
+                    class: if l.starts_with("+++") || l.starts_with("---") {
+                        "file"
+                    } else if l.starts_with('+') {
+                        "add"
+                    } else if l.starts_with('-') {
+                        "del"
+                    } else if l.starts_with("@@") {
+                        "hunk"
+                    } else {
+                        "ctx"
+                    },
+                    text: l.to_owned(),
+                })
+                .collect(),
+            created_at: fmt_time(a.created_at),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MessageView {
+    pub id: u64,
+    pub kind: &'static str,
+    pub from: String,
+    pub to: String,
+    pub body: String,
+    pub sent_at: String,
+    pub read: bool,
+}
+
+impl From<&Message> for MessageView {
+    fn from(m: &Message) -> Self {
+        Self {
+            id: m.id,
+            kind: match m.kind {
+                ItemKind::Message => "message",
+                other => other.as_str(),
+            },
+            from: m.from.to_string(),
+            to: m.to.to_string(),
+            body: m.body.clone(),
+            sent_at: fmt_time(m.sent_at),
+            read: m.acked_at.is_some(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ReminderView {
+    pub id: u64,
+    pub body: String,
+    pub due_at: String,
+}
+
+impl From<&Reminder> for ReminderView {
+    fn from(r: &Reminder) -> Self {
+        Self {
+            id: r.id,
+            body: r.body.clone(),
+            due_at: fmt_time(r.due_at),
+        }
+    }
+}
+
+/// An entry of a state-dir listing, linked to its own page.
+#[derive(Clone, Debug)]
+pub struct EntryView {
+    pub name: String,
+    pub href: String,
+    pub is_dir: bool,
+    pub size: u64,
+}
+
+impl EntryView {
+    /// `dir` is the listed directory relative to the state dir ("" for the
+    /// root).
+    pub fn new(agent: &AgentName, dir: &str, e: &DirEntry) -> Self {
+        let mut href = state_href(agent, dir);
+        href.push_str(&encode_segment(&e.name));
+        if e.is_dir {
+            href.push('/');
+        }
+        Self {
+            name: e.name.clone(),
+            href,
+            is_dir: e.is_dir,
+            size: e.size,
+        }
+    }
+}
+
+/// A state file's contents.
+#[derive(Clone, Debug)]
+pub struct FileView {
+    /// The text, or `None` when the bytes are not UTF-8.
+    pub text: Option<String>,
+    pub size: usize,
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ConfigView {
+    pub sha: String,
+    pub files: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct EventLine {
+    pub seq: u64,
+    pub at: String,
+    pub text: String,
+}
+
+impl From<&EventRecord> for EventLine {
+    fn from(r: &EventRecord) -> Self {
+        Self {
+            seq: r.seq,
+            at: fmt_time(r.at),
+            text: describe(&r.event),
+        }
+    }
+}
+
+/// A lifecycle button on an agent page.
+#[derive(Clone, Debug)]
+pub struct LifecycleButton {
+    pub action: &'static str,
+    pub label: &'static str,
+    /// Destructive: the first POST asks for confirmation.
+    pub confirm: bool,
+}
+
+/// Every lifecycle action, in the order the page shows them.
+pub const LIFECYCLE: [LifecycleAction; 7] = [
+    LifecycleAction::Start,
+    LifecycleAction::Stop,
+    LifecycleAction::Restart,
+    LifecycleAction::Pause,
+    LifecycleAction::Resume,
+    LifecycleAction::Rebuild,
+    LifecycleAction::Destroy,
+];
+
+/// The form value of a lifecycle action.
+pub fn action_name(a: LifecycleAction) -> &'static str {
+    match a {
+        LifecycleAction::Start => "start",
+        LifecycleAction::Stop => "stop",
+        LifecycleAction::Restart => "restart",
+        LifecycleAction::Pause => "pause",
+        LifecycleAction::Resume => "resume",
+        LifecycleAction::Rebuild => "rebuild",
+        LifecycleAction::Destroy => "destroy",
+    }
+}
+
+/// Parses a lifecycle form value.
+pub fn parse_action(s: &str) -> Option<LifecycleAction> {
+    LIFECYCLE.into_iter().find(|a| action_name(*a) == s)
+}
+
+/// Whether an action loses work or state, and so asks once: stopping,
+/// restarting or rebuilding kills what the agent is doing; destroying
+/// removes its container.
+pub fn is_destructive(a: LifecycleAction) -> bool {
+    matches!(
+        a,
+        LifecycleAction::Stop
+            | LifecycleAction::Restart
+            | LifecycleAction::Rebuild
+            | LifecycleAction::Destroy
+    )
+}
+
+pub fn lifecycle_buttons() -> Vec<LifecycleButton> {
+    LIFECYCLE
+        .into_iter()
+        .map(|a| LifecycleButton {
+            action: action_name(a),
+            label: action_name(a),
+            confirm: is_destructive(a),
+        })
+        .collect()
+}
+
+/// `/agent/<name>/`.
+pub fn agent_href(name: &AgentName) -> String {
+    // A validated name is `[a-z][a-z0-9-]*`: nothing to encode.
+    format!("/agent/{name}/")
+}
+
+/// `/agent/<name>/state/<dir>/` with each segment of `dir` encoded.
+pub fn state_href(name: &AgentName, dir: &str) -> String {
+    let mut href = format!("/agent/{name}/state/");
+    for seg in dir.split('/').filter(|s| !s.is_empty()) {
+        href.push_str(&encode_segment(seg));
+        href.push('/');
+    }
+    href
+}
+
+/// Percent-encodes everything in a path segment but RFC 3986's unreserved
+/// characters, so an agent's file name can never break out of its segment.
+pub fn encode_segment(s: &str) -> String {
+    // A segment of only dots would be resolved by the browser as "here" or
+    // "up"; encoded, it reaches the server as a name (and is refused there).
+    if s == "." || s == ".." {
+        return s.replace('.', "%2E");
+    }
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+pub fn run_state(s: RunState) -> &'static str {
+    match s {
+        RunState::Unknown => "unknown",
+        RunState::Stopped => "stopped",
+        RunState::Starting => "starting",
+        RunState::Running => "running",
+        RunState::Paused => "paused",
+        RunState::Crashed => "crashed",
+    }
+}
+
+/// One line describing an event, for the dashboard's recent events.
+pub fn describe(e: &Event) -> String {
+    match e {
+        Event::AgentStatus { agent, text } => format!("{agent} set status: {text}"),
+        Event::AgentRunState { agent, state } => format!("{agent} is {}", run_state(*state)),
+        Event::MessageSent { id, from, to } => format!("message #{id} from {from} to {to}"),
+        Event::MessageAcked { id, by } => format!("{by} read message #{id}"),
+        Event::QuestionAsked { id, asker, to } => format!("{asker} asked {to} question #{id}"),
+        Event::QuestionAnswered { id, by } => format!("{by} answered question #{id}"),
+        Event::QuestionExpired { id } => format!("question #{id} expired"),
+        Event::QuestionCancelled { id } => format!("question #{id} was cancelled"),
+        Event::ReminderSet { id, agent, due_at } => {
+            format!("{agent} set reminder #{id} for {}", fmt_time(*due_at))
+        }
+        Event::ReminderFired { id, agent } => format!("reminder #{id} of {agent} fired"),
+        Event::ReminderCancelled { id, agent } => format!("{agent} cancelled reminder #{id}"),
+        Event::ApprovalDecided { id, approved } => format!(
+            "approval #{id} was {}",
+            if *approved { "approved" } else { "denied" }
+        ),
+    }
+}
+
+/// `YYYY-MM-DD HH:MM:SSZ` in UTC.
+pub fn fmt_time(ms: UnixMillis) -> String {
+    let secs = ms.div_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (H. Hinnant's
+/// algorithm), so no date crate is needed for one format.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_utc() {
+        assert_eq!(fmt_time(0), "1970-01-01 00:00:00Z");
+        assert_eq!(fmt_time(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(fmt_time(1_778_430_510_123), "2026-05-10 16:28:30Z");
+    }
+
+    #[test]
+    fn segments_cannot_escape() {
+        assert_eq!(
+            encode_segment("a b/../c?d#e\"<"),
+            "a%20b%2F..%2Fc%3Fd%23e%22%3C"
+        );
+        let alice = AgentName::new("alice").unwrap();
+        assert_eq!(state_href(&alice, "x y/z"), "/agent/alice/state/x%20y/z/");
+        let e = EntryView::new(
+            &alice,
+            "",
+            &DirEntry {
+                name: "..".into(),
+                is_dir: true,
+                size: 0,
+            },
+        );
+        assert_eq!(e.href, "/agent/alice/state/%2E%2E/");
+    }
+
+    #[test]
+    fn actions_round_trip_and_destructive_ones_ask() {
+        for a in LIFECYCLE {
+            assert_eq!(parse_action(action_name(a)), Some(a));
+        }
+        assert_eq!(parse_action("explode"), None);
+        assert!(is_destructive(LifecycleAction::Destroy));
+        assert!(!is_destructive(LifecycleAction::Start));
+    }
+}
