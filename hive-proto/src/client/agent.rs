@@ -120,9 +120,9 @@ impl AgentClient {
         let path = path.as_ref();
         let stream = UnixStream::connect(path)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 path: path.to_owned(),
-                source,
+                error,
             })?;
         let (rd, wr) = stream.into_split();
         let pending = Arc::new(Pending::new());

@@ -24,18 +24,20 @@ use tokio::sync::oneshot;
 use crate::codec::DecodeError;
 use crate::operator::RpcError;
 
-/// Why a client call failed.
+/// Why a client call failed. Each message already includes its cause, so
+/// no variant reports a separate `source` (an error chain printed in full
+/// would otherwise say everything twice).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The socket could not be connected.
-    #[error("cannot connect to {path}: {source}")]
-    Connect { path: PathBuf, source: io::Error },
+    #[error("cannot connect to {path}: {error}")]
+    Connect { path: PathBuf, error: io::Error },
     /// Reading or writing the socket failed.
     #[error("socket i/o: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The core sent bytes that do not decode.
     #[error("cannot decode what the core sent: {0}")]
-    Decode(#[from] DecodeError),
+    Decode(DecodeError),
     /// The request could not be encoded, or is over the protocol's size
     /// limit; nothing was sent and the connection is still usable.
     #[error("cannot send the request: {0}")]
@@ -48,10 +50,28 @@ pub enum ClientError {
     Disconnected,
     /// The core refused the call; `code` says why.
     #[error("the core refused the call: {0}")]
-    Rpc(#[from] RpcError),
+    Rpc(RpcError),
     /// The core answered something this client did not expect.
     #[error("unexpected reply from the core: {0}")]
     Unexpected(String),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<DecodeError> for ClientError {
+    fn from(e: DecodeError) -> Self {
+        Self::Decode(e)
+    }
+}
+
+impl From<RpcError> for ClientError {
+    fn from(e: RpcError) -> Self {
+        Self::Rpc(e)
+    }
 }
 
 impl ClientError {

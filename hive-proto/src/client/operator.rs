@@ -333,9 +333,9 @@ impl Stream for EventStream {
 async fn connect_unix(path: &Path) -> Result<UnixStream, ClientError> {
     UnixStream::connect(path)
         .await
-        .map_err(|source| ClientError::Connect {
+        .map_err(|error| ClientError::Connect {
             path: path.to_owned(),
-            source,
+            error,
         })
 }
 
