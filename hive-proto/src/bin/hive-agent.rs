@@ -10,6 +10,7 @@
 //! `--ack` acknowledges only what was printed.
 
 use std::collections::{HashSet, VecDeque};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -115,6 +116,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`hive-agent recv --follow | head`) is the
+        // reader's choice to stop, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hive-agent: {}", one_line(&format!("{e:#}")));
             ExitCode::FAILURE
@@ -173,13 +177,25 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn print<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string(value)?);
-    Ok(())
+    out(&serde_json::to_string(value)?)
 }
 
 fn done(_: ()) -> Result<()> {
-    println!("{{}}");
+    out("{}")
+}
+
+/// Writes one line to stdout and flushes it (a harness reads line by line),
+/// returning (not panicking on) a closed pipe.
+fn out(line: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
     Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 /// Keeps error output to one line whatever the core's message contains.
@@ -206,14 +222,14 @@ async fn follow(socket: &Path, wait_ms: u64, max: u32, ack: bool) -> Result<()> 
                 let new = seen.insert(m.id);
                 async move {
                     if new {
-                        print(&m).map_err(|e| ClientError::Unexpected(e.to_string()))?;
+                        print(&m)?;
                     }
                     // A repeat is acknowledged again: the first ack may be
                     // what the lost connection swallowed.
                     if ack {
                         client.ack(m.id).await?;
                     }
-                    Ok::<_, ClientError>(())
+                    anyhow::Ok(())
                 }
             };
             for m in first.messages {
@@ -222,14 +238,14 @@ async fn follow(socket: &Path, wait_ms: u64, max: u32, ack: bool) -> Result<()> 
             while let Some(Push::Message { message }) = pushes.next_push().await {
                 show(message).await?;
             }
-            Err::<(), _>(ClientError::Disconnected)
+            Err::<(), _>(anyhow::Error::from(ClientError::Disconnected))
         };
         tokio::select! {
             r = session => match r {
-                Err(e) if e.is_connection_lost() => {
+                Err(e) if connection_lost(&e) => {
                     eprintln!("hive-agent: {}; reconnecting", one_line(&e.to_string()));
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
                 Ok(()) => {}
             },
             () = stop.wait() => return Ok(()),
@@ -239,6 +255,11 @@ async fn follow(socket: &Path, wait_ms: u64, max: u32, ack: bool) -> Result<()> 
             () = stop.wait() => return Ok(()),
         }
     }
+}
+
+fn connection_lost(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ClientError>()
+        .is_some_and(ClientError::is_connection_lost)
 }
 
 fn take_pushes(client: &AgentClient) -> Result<Pushes, ClientError> {

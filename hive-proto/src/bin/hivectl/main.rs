@@ -11,6 +11,7 @@
 
 mod render;
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -109,6 +110,9 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`hivectl events | head`) is the reader's choice to
+        // stop, not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             // One line: the chain of causes joined by ": ".
             eprintln!("hivectl: {}", render::clean(&format!("{e:#}")));
@@ -275,9 +279,9 @@ async fn events(socket: &std::path::Path, json: bool, follow: bool, since: u64) 
                 Some(Ok(Streamed::Event(record))) => {
                     since = record.seq;
                     if json {
-                        println!("{}", serde_json::to_string(&record)?);
+                        out(&serde_json::to_string(&record)?)?;
                     } else {
-                        println!("{}", render::event(&record));
+                        out(&render::event(&record))?;
                     }
                     if head.is_some_and(|h| since >= h) {
                         return Ok(());
@@ -302,20 +306,33 @@ async fn events(socket: &std::path::Path, json: bool, follow: bool, since: u64) 
 
 fn print<T: Serialize + ?Sized>(json: bool, value: &T, table: impl Fn(&T) -> String) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
+        out(&serde_json::to_string_pretty(value)?)?;
     } else {
-        print!("{}", table(value));
+        out(table(value).trim_end_matches('\n'))?;
     }
     Ok(())
 }
 
 fn done(json: bool, value: serde_json::Value, text: impl Fn() -> String) -> Result<()> {
     if json {
-        println!("{value}");
+        out(&value.to_string())?;
     } else {
-        println!("{}", text());
+        out(&text())?;
     }
     Ok(())
+}
+
+/// Writes one line to stdout, returning (not panicking on) a closed pipe.
+fn out(line: &str) -> Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn unexpected<T>(resp: OperatorResponse) -> Result<T> {
