@@ -15,8 +15,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Where the core's web socket lives on an installed host (DESIGN §2).
 pub const DEFAULT_CORE_SOCKET: &str = "/run/hyperhive/web.sock";
 
-/// Longest `Tailscale-User-Login` value we accept on the allow-list.
-pub const TAILSCALE_LOGIN_MAX: usize = 256;
+/// Longest `Tailscale-User-Login` value we accept on the allow-list: the
+/// core refuses operator logins longer than this (`web.sock`, `MAX_LOGIN`).
+pub const TAILSCALE_LOGIN_MAX: usize = 64;
 
 /// The flags as typed.
 #[derive(Debug, Parser)]

@@ -1,0 +1,70 @@
+//! Helpers shared by `hive-web`'s tests (not a test crate of its own).
+//!
+//! - [`fake`]: an in-memory stand-in for the core link, for route tests
+//!   driven with tower's `oneshot` (the only place a fake core is allowed).
+//! - [`oneshot`]: builds the app around the fake and sends requests to it.
+//! - [`dev`]: starts the real `hive-core dev` (and with it the real
+//!   `hive-web`) for the integration, browser and fault tests.
+//! - [`http`]: a minimal HTTP/1 client for talking to that real gateway.
+//! - [`skip_unless`]: the one rule for tests that need root or a tool.
+
+#![allow(dead_code)]
+
+pub mod dev;
+pub mod fake;
+pub mod http;
+pub mod oneshot;
+
+/// Whether this run is CI (`CI=true`), where no test may skip.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns `true` when the test can run. When `ok` is false it prints why
+/// the test is skipped and returns `false` — or, under `CI=true`, fails the
+/// test, so nothing passes on CI by not running.
+pub fn skip_unless(ok: bool, why: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if on_ci() {
+        panic!("required on CI but unavailable: {why}");
+    }
+    eprintln!("SKIPPED: {why} (this would fail under CI=true)");
+    false
+}
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// Whether `name` is an executable on `PATH`.
+pub fn have_tool(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+}
+
+/// Polls `check` every `every` until it returns `Some` or `deadline`
+/// passes. Deadlines are generous on purpose: tests never assert how fast
+/// something happens, only that it does.
+pub async fn poll<T, F, Fut>(
+    deadline: std::time::Duration,
+    every: std::time::Duration,
+    mut check: F,
+) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= end {
+            return None;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

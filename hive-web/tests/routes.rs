@@ -1,0 +1,644 @@
+//! Route tests: the whole router driven with tower's `oneshot` against the
+//! in-memory core of `common::fake` — pages, forms, the JSON API, the event
+//! stream, health, metrics, limits and the core-down behaviour.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use hive_proto::event::{Event, EventRecord};
+use hive_proto::operator::{LifecycleAction, OperatorRequest as Req};
+use hive_proto::view::QuestionState;
+use hive_web::app::{CSP, MAX_BODY_BYTES};
+use http_body_util::BodyExt;
+
+use common::fake::name;
+use common::oneshot::{req, TestApp, ORIGIN, TOKEN};
+
+#[tokio::test]
+async fn healthz_answers_without_login() {
+    let app = TestApp::new();
+    let r = app.send(req(Method::GET, "/healthz").build()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, "ok\n");
+}
+
+#[tokio::test]
+async fn every_response_carries_the_security_headers() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let too_big = "x".repeat(MAX_BODY_BYTES + 1);
+    let requests = vec![
+        req(Method::GET, "/").cookie(&b.cookie).build(),
+        req(Method::GET, "/login").build(),
+        req(Method::GET, "/").build(),
+        req(Method::GET, "/healthz").build(),
+        req(Method::GET, "/no/such/page").cookie(&b.cookie).build(),
+        req(Method::GET, "/static/app.js").build(),
+        req(Method::GET, "/api/agents").build(),
+        req(Method::POST, "/login")
+            .same_origin()
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(too_big)
+            .build(),
+    ];
+    for r in requests {
+        let path = r.uri().to_string();
+        let resp = app.send(r).await;
+        assert_eq!(resp.header("content-security-policy"), Some(CSP), "{path}");
+        assert_eq!(
+            resp.header("x-content-type-options"),
+            Some("nosniff"),
+            "{path}"
+        );
+        assert_eq!(
+            resp.header("referrer-policy"),
+            Some("same-origin"),
+            "{path}"
+        );
+        assert!(CSP.contains("frame-ancestors 'none'"));
+        assert!(!CSP.contains("unsafe-inline"));
+    }
+}
+
+#[tokio::test]
+async fn login_sets_a_strict_httponly_cookie_and_redirects_home() {
+    let app = TestApp::new();
+    let r = app
+        .send(
+            req(Method::POST, "/login")
+                .same_origin()
+                .form(&[("token", TOKEN)])
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), Some("/"));
+    let cookie = r.header("set-cookie").unwrap();
+    assert!(cookie.starts_with("hive_session="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    // Plain HTTP from a local browser: not Secure (the browser would drop it).
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    // 32 random bytes, base64url without padding.
+    let id = cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .trim_start_matches("hive_session=");
+    assert_eq!(id.len(), 43);
+}
+
+#[tokio::test]
+async fn behind_tls_on_loopback_the_cookie_is_secure_and_elsewhere_the_header_is_ignored() {
+    let app = TestApp::new();
+    let via_proxy = app
+        .send(
+            req(Method::POST, "/login")
+                .same_origin()
+                .header("x-forwarded-proto", "https")
+                .form(&[("token", TOKEN)])
+                .build(),
+        )
+        .await;
+    assert!(via_proxy.header("set-cookie").unwrap().contains("; Secure"));
+    let remote = app
+        .send(
+            req(Method::POST, "/login")
+                .peer(common::oneshot::REMOTE)
+                .same_origin()
+                .header("x-forwarded-proto", "https")
+                .form(&[("token", TOKEN)])
+                .build(),
+        )
+        .await;
+    assert!(!remote.header("set-cookie").unwrap().contains("Secure"));
+}
+
+#[tokio::test]
+async fn a_wrong_token_gets_401_and_no_cookie() {
+    let app = TestApp::new();
+    let r = app
+        .send(
+            req(Method::POST, "/login")
+                .same_origin()
+                .form(&[("token", "not-the-token-at-all-1234")])
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.header("set-cookie").is_none());
+    assert!(r.body.contains("That token is not valid."));
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_agents_questions_approvals_and_recent_events() {
+    let app = TestApp::new();
+    app.hub.reset(40);
+    app.hub.publish(EventRecord {
+        seq: 41,
+        at: 1_700_000_000_000,
+        event: Event::AgentStatus {
+            agent: name("carol"),
+            text: "reading the docs".into(),
+        },
+    });
+    let b = app.login().await;
+    let r = app.get(&b, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    for needle in [
+        "href=\"/agent/alice/\"",
+        "href=\"/agent/bob/\"",
+        "href=\"/agent/carol/\"",
+        "data-status-of=\"alice\">thinking about lunch</span>",
+        "0123456789ab",
+        "Ship the demo build?",
+        "action=\"/answer-question/7\"",
+        "type=\"radio\" name=\"choice\" value=\"yes\"",
+        "give bob more memory",
+        "<span class=\"add\">+memory = 2</span>",
+        "action=\"/approval/3/approve\"",
+        "carol set status: reading the docs",
+        "data-since=\"41\"",
+        "<script src=\"/static/app.js\" defer></script>",
+    ] {
+        assert!(r.body.contains(needle), "missing {needle:?} in\n{}", r.body);
+    }
+    assert!(!r.body.contains("core unreachable —") || r.body.contains("hidden>core unreachable"));
+    // The operator's name travels with every call.
+    assert!(app.core.calls().iter().all(|c| c.operator == "operator"));
+}
+
+#[tokio::test]
+async fn an_agent_page_shows_status_controls_loose_ends_messages_files_journal_and_config() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let r = app.get(&b, "/agent/alice/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for needle in [
+        "<h1>alice</h1>",
+        "thinking about lunch",
+        "value=\"start\"",
+        "value=\"destroy\"",
+        "data-confirm=\"destroy alice?\"",
+        "Ship the demo build?",
+        "action=\"/answer-question/7\"",
+        "name=\"back\" value=\"/agent/alice/\"",
+        "hello alice",
+        "action=\"/agent/alice/message\"",
+        "href=\"/agent/alice/state/notes/\"",
+        "alice started",
+        "agent configs arrive with the config repo",
+    ] {
+        assert!(r.body.contains(needle), "missing {needle:?} in\n{}", r.body);
+    }
+    // The trailing-slash-less address redirects to the page.
+    let r = app.get(&b, "/agent/alice").await;
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(r.location(), Some("/agent/alice/"));
+    // An unknown agent is a 404.
+    assert_eq!(
+        app.get(&b, "/agent/zed/").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn the_state_browser_lists_directories_and_shows_files() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let dir = app.get(&b, "/agent/alice/state/notes/").await;
+    assert_eq!(dir.status, StatusCode::OK);
+    assert!(
+        dir.body
+            .contains("href=\"/agent/alice/state/notes/today.md\""),
+        "{}",
+        dir.body
+    );
+    let file = app.get(&b, "/agent/alice/state/notes/today.md").await;
+    assert_eq!(file.status, StatusCode::OK);
+    assert!(
+        file.body.contains("<pre class=\"file\"># today\n</pre>"),
+        "{}",
+        file.body
+    );
+    let missing = app.get(&b, "/agent/alice/state/nope.txt").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn answering_inline_forwards_answer_question_and_redirects_back() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let r = app
+        .post(
+            &b,
+            "/answer-question/7",
+            &[("answer", "yes, ship it"), ("back", "/agent/alice/")],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), Some("/agent/alice/"));
+    let q = &app.core.snapshot().questions[0];
+    assert_eq!(q.state, QuestionState::Answered);
+    assert_eq!(q.answer.as_deref(), Some("yes, ship it"));
+    // The flash says so, once.
+    let page = app.get(&b, "/agent/alice/").await;
+    assert!(page.body.contains("question #7 answered"));
+    let again = app.get(&b, "/agent/alice/").await;
+    assert!(!again.body.contains("question #7 answered"));
+}
+
+#[tokio::test]
+async fn a_choice_answers_when_no_text_is_given() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    app.post(
+        &b,
+        "/answer-question/7",
+        &[("choice", "no"), ("answer", "")],
+    )
+    .await;
+    let m = app.core.mutations();
+    assert!(
+        matches!(&m[0].req, Req::AnswerQuestion { id: 7, answer } if answer == "no"),
+        "{m:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_answer_is_shown_as_the_cores_sentence() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    app.post(&b, "/answer-question/7", &[("answer", "yes")])
+        .await;
+    let r = app
+        .post(&b, "/answer-question/7", &[("answer", "again")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = app.get(&b, "/").await;
+    assert!(
+        page.body.contains("that question is closed"),
+        "{}",
+        page.body
+    );
+}
+
+#[tokio::test]
+async fn messaging_an_agent_forwards_send_message() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let r = app
+        .post(&b, "/agent/bob/message", &[("body", "please review #3")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), Some("/agent/bob/"));
+    let m = app.core.mutations();
+    assert!(
+        matches!(&m[0].req, Req::SendMessage { to, body } if to.as_str() == "bob" && body == "please review #3")
+    );
+    let page = app.get(&b, "/agent/bob/").await;
+    assert!(page.body.contains("message #101 sent to bob"));
+    assert!(page.body.contains("please review #3"));
+}
+
+#[tokio::test]
+async fn a_destructive_action_asks_once_and_an_unsupported_one_says_so() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let ask = app
+        .post(&b, "/agent/alice/lifecycle", &[("action", "destroy")])
+        .await;
+    assert_eq!(ask.status, StatusCode::OK);
+    assert!(
+        ask.body.contains("name=\"confirm\" value=\"yes\""),
+        "{}",
+        ask.body
+    );
+    assert!(
+        app.core.mutations().is_empty(),
+        "nothing is sent before the confirmation"
+    );
+    let done = app
+        .post(
+            &b,
+            "/agent/alice/lifecycle",
+            &[("action", "destroy"), ("confirm", "yes")],
+        )
+        .await;
+    assert_eq!(done.status, StatusCode::SEE_OTHER);
+    assert!(matches!(
+        app.core.mutations()[0].req,
+        Req::Lifecycle {
+            action: LifecycleAction::Destroy,
+            ..
+        }
+    ));
+    let page = app.get(&b, "/agent/alice/").await;
+    assert!(page
+        .body
+        .contains("lifecycle actions are not supported by this runtime"));
+    // A harmless action goes straight through.
+    let start = app
+        .post(&b, "/agent/alice/lifecycle", &[("action", "start")])
+        .await;
+    assert_eq!(start.status, StatusCode::SEE_OTHER);
+    assert_eq!(app.core.mutations().len(), 2);
+    let bad = app
+        .post(&b, "/agent/alice/lifecycle", &[("action", "explode")])
+        .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn approve_and_deny_are_forwarded() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let r = app
+        .post(&b, "/approval/3/deny", &[("reason", "not now")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert!(
+        matches!(&app.core.mutations()[0].req, Req::Deny { id: 3, reason } if reason == "not now")
+    );
+    let r = app.post(&b, "/approval/3/approve", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let page = app.get(&b, "/").await;
+    assert!(page.body.contains("no such approval"), "{}", page.body);
+}
+
+#[tokio::test]
+async fn the_json_api_takes_a_bearer_token() {
+    let app = TestApp::new();
+    let auth = format!("Bearer {TOKEN}");
+    let r = app
+        .send(
+            req(Method::GET, "/api/agents")
+                .header("authorization", &auth)
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(v[0]["name"], "alice");
+    for path in ["/api/agents/alice", "/api/approvals", "/api/questions"] {
+        let r = app
+            .send(
+                req(Method::GET, path)
+                    .header("authorization", &auth)
+                    .build(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.body);
+        serde_json::from_str::<serde_json::Value>(&r.body).unwrap();
+    }
+    let r = app
+        .send(
+            req(Method::GET, "/api/agents/zed")
+                .header("authorization", &auth)
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert!(r.body.contains("\"error\""));
+    // A bearer token does not open the HTML pages.
+    let r = app
+        .send(req(Method::GET, "/").header("authorization", &auth).build())
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn when_the_core_is_down_pages_say_so_and_actions_and_readiness_are_503() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let ready = app.send(req(Method::GET, "/readyz").build()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+    app.core.set_down(true);
+    for path in ["/", "/agent/alice/"] {
+        let r = app.get(&b, path).await;
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        assert!(r.body.contains("core unreachable"), "{path}: {}", r.body);
+        assert!(r.body.contains("data-core-down=\"1\""), "{path}");
+    }
+    for (path, fields) in [
+        ("/answer-question/7", vec![("answer", "yes")]),
+        ("/agent/alice/message", vec![("body", "hi")]),
+        ("/agent/alice/lifecycle", vec![("action", "start")]),
+        ("/approval/3/approve", vec![]),
+    ] {
+        let r = app.post(&b, path, &fields).await;
+        assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{path}");
+        assert!(r.body.contains("core unreachable"), "{path}");
+    }
+    let ready = app.send(req(Method::GET, "/readyz").build()).await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    let api = app
+        .send(
+            req(Method::GET, "/api/agents")
+                .header("authorization", &format!("Bearer {TOKEN}"))
+                .build(),
+        )
+        .await;
+    assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+    app.core.set_down(false);
+    let ready = app.send(req(Method::GET, "/readyz").build()).await;
+    assert_eq!(ready.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_413_and_a_non_form_post_is_415() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let big = format!("csrf={}&body={}", b.csrf, "x".repeat(MAX_BODY_BYTES));
+    let r = app
+        .send(
+            req(Method::POST, "/agent/alice/message")
+                .cookie(&b.cookie)
+                .same_origin()
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(big)
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    let r = app
+        .send(
+            req(Method::POST, "/agent/alice/message")
+                .cookie(&b.cookie)
+                .same_origin()
+                .header("content-type", "application/json")
+                .body(format!("{{\"csrf\":\"{}\"}}", b.csrf))
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(app.core.mutations().is_empty());
+}
+
+#[tokio::test]
+async fn logout_ends_the_session() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let r = app.post(&b, "/logout", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), Some("/login"));
+    assert!(r.header("set-cookie").unwrap().contains("Max-Age=0"));
+    let after = app.get(&b, "/").await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+    assert_eq!(after.location(), Some("/login"));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_core_round_trips_and_followers() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    app.get(&b, "/agent/alice/").await;
+    let r = app.send(req(Method::GET, "/metrics").build()).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    for needle in [
+        "hive_web_requests_total{route=\"/agent/{name}/\",status=\"200\"} 1",
+        "hive_web_requests_total{route=\"/login\",status=\"303\"} 1",
+        "hive_web_request_duration_seconds_count{route=\"/\"} 1",
+        "hive_web_core_calls_total{verb=\"agent_detail\",outcome=\"ok\"} 1",
+        "hive_web_core_calls_total{verb=\"agent_config\",outcome=\"refused\"} 2",
+        "hive_web_core_call_duration_seconds_bucket{verb=\"list_agents\",le=\"+Inf\"} 1",
+        "hive_web_sse_clients 0",
+    ] {
+        assert!(r.body.contains(needle), "missing {needle:?} in\n{}", r.body);
+    }
+    // No agent name appears as a label.
+    assert!(!r.body.contains("alice"));
+}
+
+/// Reads SSE frames from a response body until `want` frames arrived.
+async fn read_frames(body: axum::body::Body, want: usize) -> Vec<String> {
+    let mut body = body;
+    let mut text = String::new();
+    let frames = |t: &str| {
+        t.split("\n\n")
+            .filter(|f| !f.trim().is_empty() && !f.starts_with(':'))
+            .count()
+    };
+    while frames(&text) < want {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("an event within 10s")
+            .expect("the stream is open")
+            .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(&String::from_utf8_lossy(&data));
+        }
+    }
+    text.split("\n\n")
+        .filter(|f| !f.trim().is_empty() && !f.starts_with(':'))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_event_stream_resumes_from_last_event_id_and_tells_stale_pages_to_reload() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    app.hub.reset(10);
+    app.hub.set_core_up(true);
+    for seq in 11..=13 {
+        app.hub.publish(EventRecord {
+            seq,
+            at: 0,
+            event: Event::AgentStatus {
+                agent: name("alice"),
+                text: format!("step {seq}"),
+            },
+        });
+    }
+    let resp = app
+        .send_raw(
+            req(Method::GET, "/api/events")
+                .cookie(&b.cookie)
+                .header("last-event-id", "11")
+                .build(),
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers().get("content-type").unwrap(),
+        "text/event-stream"
+    );
+    let body = resp.into_body();
+    // core state, then 12 and 13 replayed, then a live one.
+    let publisher = {
+        let hub = app.hub.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            hub.publish(EventRecord {
+                seq: 14,
+                at: 0,
+                event: Event::AgentStatus {
+                    agent: name("alice"),
+                    text: "<b>live</b>".into(),
+                },
+            });
+        })
+    };
+    let frames = read_frames(body, 4).await;
+    publisher.await.unwrap();
+    assert!(
+        frames[0].contains("event: core") && frames[0].contains("{\"up\":true}"),
+        "{frames:?}"
+    );
+    assert!(
+        frames[1].contains("id: 12") && frames[1].contains("step 12"),
+        "{frames:?}"
+    );
+    assert!(frames[2].contains("id: 13"), "{frames:?}");
+    assert!(
+        frames[3].contains("id: 14") && frames[3].contains("<b>live</b>"),
+        "{frames:?}"
+    );
+    assert!(frames[3].contains("event: hive"));
+
+    // A page from before what the hub keeps is told to reload.
+    let stale = app
+        .send_raw(
+            req(Method::GET, "/api/events?since=3")
+                .cookie(&b.cookie)
+                .build(),
+        )
+        .await;
+    let frames = read_frames(stale.into_body(), 2).await;
+    assert!(frames[1].contains("event: reload"), "{frames:?}");
+
+    // Without a session or token: 401.
+    let r = app.send(req(Method::GET, "/api/events").build()).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn the_script_and_stylesheet_are_served_with_exact_types() {
+    let app = TestApp::new();
+    let js = app.send(req(Method::GET, "/static/app.js").build()).await;
+    assert_eq!(js.status, StatusCode::OK);
+    assert_eq!(
+        js.header("content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(js.body.contains("EventSource"));
+    assert!(
+        !js.body.contains("innerHTML"),
+        "the script never writes HTML"
+    );
+    let css = app
+        .send(req(Method::GET, "/static/style.css").build())
+        .await;
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    let _ = ORIGIN;
+}
