@@ -7,6 +7,7 @@
 //! systemd, `LoadCredential=` hands it over the same way), and only its
 //! hashes are kept. Nothing else is opened while privileged.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -28,6 +29,8 @@ fn main() -> ExitCode {
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal; a supervisor's log gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let config = match cli.validate() {
         Ok(c) => c,

@@ -1,0 +1,356 @@
+//! Against the real thing: `hive-core dev` with its real `web.sock`, the
+//! real `hive-web` binary, and agents speaking on their real sockets.
+//!
+//! - the security properties, each asserting through the core that nothing
+//!   changed;
+//! - the inline answer reaching a demo agent, over plain HTTP;
+//! - the fault test: the core stops under page load, pages say "core
+//!   unreachable" and actions get 503, the core returns and `/readyz` is
+//!   200 again without restarting the gateway (the time is measured and
+//!   printed, never asserted beyond a generous deadline).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use hive_proto::client::agent::{AgentClient, AskOptions};
+use hive_proto::{Principal, Recipient};
+
+use common::dev::{DevHive, DevOpts, Gateway};
+use common::http::Http;
+use common::oneshot::csrf_of;
+
+const READY: Duration = Duration::from_secs(60);
+
+/// Logs in and returns the cookie and the form token of `page`.
+async fn browser(http: &Http, token: &str, page: &str) -> (String, String) {
+    let cookie = http.login(token).await.expect("login");
+    let r = http.get(page, &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    let csrf = csrf_of(&r.body).expect("a form token");
+    (cookie, csrf)
+}
+
+async fn open_questions(http: &Http, token: &str) -> Vec<serde_json::Value> {
+    let auth = format!("Bearer {token}");
+    let r = http
+        .get("/api/questions", &[("authorization", &auth)])
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    serde_json::from_str(&r.body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn against_the_real_core_refused_requests_change_nothing_and_agent_text_is_escaped() {
+    const XSS: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice,bob".into()),
+        no_demo: true,
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    let token = hive.token();
+    let http = hive.http();
+
+    // alice, on her own socket, writes hostile text everywhere she can.
+    let alice = AgentClient::connect(hive.agent_sock("alice"))
+        .await
+        .unwrap();
+    alice.status(format!("status {XSS}")).await.unwrap();
+    let asked = alice
+        .ask(
+            Recipient::Operator,
+            format!("question {XSS}"),
+            AskOptions::default(),
+        )
+        .await
+        .unwrap();
+    alice
+        .send(Recipient::Operator, format!("message {XSS}"), None)
+        .await
+        .unwrap();
+    let bob = AgentClient::connect(hive.agent_sock("bob")).await.unwrap();
+    let bob_inbox_before = bob.recv(0, 100).await.unwrap().messages.len();
+
+    let (cookie, csrf) = browser(&http, &token, "/agent/alice/").await;
+    for page in ["/", "/agent/alice/"] {
+        let r = http.get(page, &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status, 200);
+        assert!(!r.body.contains("<script>alert"), "{page}:\n{}", r.body);
+        assert!(!r.body.contains("<img src=x"), "{page}");
+        assert!(
+            r.body.contains("&#60;script&#62;alert(1)"),
+            "{page}:\n{}",
+            r.body
+        );
+    }
+    let questions_before = open_questions(&http, &token).await;
+    assert_eq!(questions_before.len(), 1);
+
+    let origin = http.origin();
+    let answer = format!("/answer-question/{}", asked.question_id);
+    // A foreign origin, a missing form token, a wrong one, no session: all
+    // refused, none reaches the core.
+    let attempts: Vec<(Vec<(&str, &str)>, Vec<(&str, &str)>, u16)> = vec![
+        (
+            vec![("cookie", &cookie), ("origin", "http://evil.example")],
+            vec![("csrf", &csrf), ("answer", "forged")],
+            403,
+        ),
+        (
+            vec![
+                ("cookie", &cookie),
+                ("origin", &origin),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            vec![("answer", "forged")],
+            403,
+        ),
+        (
+            vec![("cookie", &cookie), ("origin", &origin)],
+            vec![("csrf", "not-the-token"), ("answer", "forged")],
+            403,
+        ),
+        (
+            vec![("origin", &origin)],
+            vec![("csrf", &csrf), ("answer", "forged")],
+            303,
+        ),
+    ];
+    for (headers, fields, want) in &attempts {
+        for path in [answer.as_str(), "/agent/bob/message"] {
+            let mut f = fields.clone();
+            f.push(("body", "forged"));
+            let r = http.post_form(path, headers, &f).await.unwrap();
+            assert_eq!(r.status, *want, "{path} {headers:?}: {}", r.body);
+        }
+    }
+    // Names that are not names never reach the core either.
+    for (path, want) in [
+        ("/agent/../", 404),
+        ("/agent/%2e%2e/", 404),
+        ("/agent/a/b/", 404),
+        ("/agent/a%2Fb/", 404),
+        ("/agent/alice/state/%2e%2e/%2e%2e/etc/passwd", 400),
+    ] {
+        let r = http.get(path, &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status, want, "{path}");
+    }
+    let r = http.get("/api/agents", &[]).await.unwrap();
+    assert_eq!(r.status, 401);
+
+    // Nothing changed: the question is still open and unanswered, bob got
+    // no message from the operator.
+    assert_eq!(open_questions(&http, &token).await, questions_before);
+    let bob_inbox = bob.recv(0, 100).await.unwrap().messages;
+    assert_eq!(bob_inbox.len(), bob_inbox_before, "{bob_inbox:?}");
+    assert!(bob_inbox.iter().all(|m| m.from != Principal::Operator));
+    let ends = alice.loose_ends().await.unwrap();
+    assert!(ends
+        .asked
+        .iter()
+        .any(|q| q.id == asked.question_id && q.answer.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_inline_answer_reaches_the_demo_agent_on_its_socket() {
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    let http = hive.http();
+    let token = hive.token();
+    // The demo agent asks its question once it is connected.
+    let question = common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        let (http, token) = (http.clone(), token.clone());
+        async move { open_questions(&http, &token).await.into_iter().next() }
+    })
+    .await
+    .expect("the demo agent asks the operator a question");
+    let id = question["id"].as_u64().unwrap();
+    let (cookie, csrf) = browser(&http, &token, "/agent/alice/").await;
+    let origin = http.origin();
+    let r = http
+        .post_form(
+            &format!("/answer-question/{id}"),
+            &[
+                ("cookie", &cookie),
+                ("origin", &origin),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            &[
+                ("csrf", &csrf),
+                ("choice", "yes"),
+                ("back", "/agent/alice/"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/agent/alice/"));
+    // The agent got the answer on its socket: the demo says so in its status.
+    let status = common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
+            let auth = format!("Bearer {token}");
+            let r = http
+                .get("/api/agents/alice", &[("authorization", &auth)])
+                .await
+                .ok()?;
+            let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
+            let s = v["summary"]["status"].as_str()?.to_owned();
+            s.contains("operator said yes").then_some(s)
+        }
+    })
+    .await;
+    assert!(
+        status.is_some(),
+        "alice never reported the answer; core log:\n{}",
+        hive.log()
+    );
+    assert!(open_questions(&http, &token).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_core_stops_pages_say_so_actions_are_503_and_the_gateway_comes_back_by_itself() {
+    let mut hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        no_demo: true,
+        no_web: true,
+    });
+    assert!(
+        hive.wait_for_socket(READY),
+        "core did not start:\n{}",
+        hive.log()
+    );
+    let token = hive.token();
+    let web = Gateway::start(&hive, &[]);
+    web.wait_serving(READY).await;
+    let http = web.http();
+    let ready = common::poll(READY, Duration::from_millis(50), || {
+        let http = http.clone();
+        async move { (http.get("/readyz", &[]).await.ok()?.status == 200).then_some(()) }
+    })
+    .await;
+    assert!(ready.is_some(), "gateway never ready:\n{}", web.log());
+    let (cookie, csrf) = browser(&http, &token, "/agent/alice/").await;
+    let gateway_pid = web.child.id();
+
+    // Page loads keep running while the core goes away.
+    let load = {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let end = Instant::now() + Duration::from_millis(1500);
+            while Instant::now() < end {
+                let r = http.get("/agent/alice/", &[("cookie", &cookie)]).await;
+                statuses.push(r.map(|r| r.status.as_u16()).unwrap_or(0));
+            }
+            statuses
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hive.kill();
+    let statuses = load.await.unwrap();
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every page load was answered with a page: {statuses:?}"
+    );
+
+    // Down: pages render and say so, actions and readiness are 503.
+    let down = common::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+        let (http, cookie) = (http.clone(), cookie.clone());
+        async move {
+            let r = http
+                .get("/agent/alice/", &[("cookie", &cookie)])
+                .await
+                .ok()?;
+            (r.status == 200 && r.body.contains("data-core-down")).then_some(r.body)
+        }
+    })
+    .await
+    .expect("the page says the core is unreachable");
+    assert!(down.contains("core unreachable"));
+    let r = http.get("/", &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("core unreachable"));
+    let origin = http.origin();
+    let r = http
+        .post_form(
+            "/agent/alice/message",
+            &[("cookie", &cookie), ("origin", &origin)],
+            &[("csrf", &csrf), ("body", "are you there?")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("core unreachable"));
+    assert_eq!(http.get("/readyz", &[]).await.unwrap().status, 503);
+    let api = http
+        .get(
+            "/api/agents",
+            &[("authorization", &format!("Bearer {token}"))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(api.status, 503);
+
+    // Back: the same gateway process reconnects by itself.
+    hive.spawn();
+    assert!(
+        hive.wait_for_socket(READY),
+        "core did not restart:\n{}",
+        hive.log()
+    );
+    // Measure from the moment the core accepts on web.sock, so the core's
+    // own start-up time is not charged to the gateway.
+    let core_up = common::poll(READY, Duration::from_millis(5), || {
+        let path = hive.web_sock();
+        async move {
+            hive_proto::client::operator::OperatorClient::<hive_proto::operator::WebCall>::connect(
+                &path,
+            )
+            .await
+            .ok()
+            .map(|_| Instant::now())
+        }
+    })
+    .await
+    .expect("the restarted core accepts on web.sock");
+    let back = common::poll(READY, Duration::from_millis(10), || {
+        let http = http.clone();
+        async move { (http.get("/readyz", &[]).await.ok()?.status == 200).then_some(Instant::now()) }
+    })
+    .await
+    .expect("/readyz is 200 again");
+    let took = back.saturating_duration_since(core_up);
+    println!("hive-web: /readyz was 200 again {took:?} after the core accepted on web.sock");
+    eprintln!("hive-web: /readyz was 200 again {took:?} after the core accepted on web.sock");
+    assert_eq!(web.child.id(), gateway_pid, "no gateway restart");
+    // The session survived (it lives in the gateway) and actions work again.
+    let r = http
+        .post_form(
+            "/agent/alice/message",
+            &[("cookie", &cookie), ("origin", &origin)],
+            &[("csrf", &csrf), ("body", "welcome back")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    let page = http
+        .get("/agent/alice/", &[("cookie", &cookie)])
+        .await
+        .unwrap();
+    assert!(!page.body.contains("data-core-down"));
+    assert!(page.body.contains("welcome back"));
+    std::fs::write(
+        common::dev::artifacts_dir().join("fault-reconnect.txt"),
+        format!(
+            "readyz 200 again {} ms after the core accepted on web.sock\n",
+            took.as_millis()
+        ),
+    )
+    .unwrap();
+}
