@@ -22,6 +22,9 @@ use common::oneshot::csrf_of;
 
 const READY: Duration = Duration::from_secs(60);
 
+/// Header or form pairs.
+type Pairs<'a> = Vec<(&'a str, &'a str)>;
+
 /// Logs in and returns the cookie and the form token of `page`.
 async fn browser(http: &Http, token: &str, page: &str) -> (String, String) {
     let cookie = http.login(token).await.expect("login");
@@ -92,7 +95,7 @@ async fn against_the_real_core_refused_requests_change_nothing_and_agent_text_is
     let answer = format!("/answer-question/{}", asked.question_id);
     // A foreign origin, a missing form token, a wrong one, no session: all
     // refused, none reaches the core.
-    let attempts: Vec<(Vec<(&str, &str)>, Vec<(&str, &str)>, u16)> = vec![
+    let attempts: Vec<(Pairs, Pairs, u16)> = vec![
         (
             vec![("cookie", &cookie), ("origin", "http://evil.example")],
             vec![("csrf", &csrf), ("answer", "forged")],
