@@ -18,7 +18,8 @@
 //!    `NoNewPrivs` is 1, no uid is 0, and `setuid(0)` fails.
 //!
 //! Started as an ordinary user (as systemd does with `User=hive-web`), steps
-//! 2, 4, 5 and 6 still run: a capability left by the service manager is
+//! 2, 4, 5 and 6 still run (dropping the bounding set only succeeds if the
+//! process holds `CAP_SETPCAP`): a capability left by the service manager is
 //! refused just the same. Any failure is one sentence and a non-zero exit.
 //!
 //! This must run while the process has a single thread (before the tokio
@@ -96,18 +97,21 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivilegeError> {
             "setresuid",
             unistd::setresuid(target.uid, target.uid, target.uid),
         )?;
-    } else if let Some(name) = user {
-        // Already unprivileged: --user can only confirm who we are.
-        let target = lookup(name)?;
-        if target.uid != uid {
-            return Err(PrivilegeError::CannotSwitch {
-                user: name.to_owned(),
-                uid: uid.as_raw(),
-            });
+    } else {
+        if let Some(name) = user {
+            // Already unprivileged: --user can only confirm who we are.
+            let target = lookup(name)?;
+            if target.uid != uid {
+                return Err(PrivilegeError::CannotSwitch {
+                    user: name.to_owned(),
+                    uid: uid.as_raw(),
+                });
+            }
         }
         clear_ambient()?;
-    } else {
-        clear_ambient()?;
+        // Without CAP_SETPCAP this fails, and that is not the verdict:
+        // the verification below refuses whatever is left, naming it.
+        let _ = clear_bounding();
     }
     for set in [
         caps::CapSet::Effective,

@@ -14,6 +14,12 @@
 
 mod common;
 
+/// Why these tests need root: `hive-web` refuses to serve while any
+/// capability set is non-empty, and only root (or a supervisor such as
+/// systemd) can empty the bounding set an ordinary process inherits.
+const NEEDS_ROOT: &str =
+    "needs root: the dev hive's hive-web must start as root to drop its capability bounding set";
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -140,6 +146,9 @@ async fn still_marked(c: &Client) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_logs_in_answers_inline_messages_and_sees_live_status_in_chromium() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
     let tools = common::have_tool("chromium") && common::have_tool("chromedriver");
     if !common::skip_unless(tools, "needs chromium and chromedriver on PATH") {
         return;

@@ -11,6 +11,12 @@
 
 mod common;
 
+/// Why these tests need root: `hive-web` refuses to serve while any
+/// capability set is non-empty, and only root (or a supervisor such as
+/// systemd) can empty the bounding set an ordinary process inherits.
+const NEEDS_ROOT: &str =
+    "needs root: the dev hive's hive-web must start as root to drop its capability bounding set";
+
 use std::time::{Duration, Instant};
 
 use hive_proto::client::agent::{AgentClient, AskOptions};
@@ -46,6 +52,9 @@ async fn open_questions(http: &Http, token: &str) -> Vec<serde_json::Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn against_the_real_core_refused_requests_change_nothing_and_agent_text_is_escaped() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
     const XSS: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
     let hive = DevHive::start(DevOpts {
         agents: Some("alice,bob".into()),
@@ -158,6 +167,9 @@ async fn against_the_real_core_refused_requests_change_nothing_and_agent_text_is
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_inline_answer_reaches_the_demo_agent_on_its_socket() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
     let hive = DevHive::start(DevOpts {
         agents: Some("alice".into()),
         ..DevOpts::default()
@@ -218,6 +230,9 @@ async fn an_inline_answer_reaches_the_demo_agent_on_its_socket() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn when_the_core_stops_pages_say_so_actions_are_503_and_the_gateway_comes_back_by_itself() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
     let mut hive = DevHive::start(DevOpts {
         agents: Some("alice".into()),
         no_demo: true,
