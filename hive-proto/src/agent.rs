@@ -76,8 +76,9 @@ pub enum AgentRequest {
     Answer { question_id: u64, answer: String },
     /// My open questions (asked by me or to me), pending proposals, reminders.
     LooseEnds,
-    /// Withdraw something of my own.
-    Cancel { kind: CancelKind, id: u64 },
+    /// Withdraw something of my own. The field is `item_id`, not `id`,
+    /// because `id` is already the request line's own.
+    Cancel { kind: CancelKind, item_id: u64 },
     /// Set my status line on the dashboard.
     Status { text: String },
     /// Remind me of `body` in `in_s` seconds or at `at` (Unix milliseconds).
@@ -199,8 +200,12 @@ impl ServerLine {
 /// Parses one request line as the core does: bytes → UTF-8 → JSON → request.
 /// On failure it returns the id if one could be read, and the error to send.
 pub fn parse_request(line: &[u8]) -> Result<RequestLine, (Option<u64>, ErrorBody)> {
-    let text = std::str::from_utf8(line)
-        .map_err(|_| (None, ErrorBody::new(ErrorCode::BadRequest, "line is not UTF-8")))?;
+    let text = std::str::from_utf8(line).map_err(|_| {
+        (
+            None,
+            ErrorBody::new(ErrorCode::BadRequest, "line is not UTF-8"),
+        )
+    })?;
     let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         (
             None,
@@ -321,7 +326,9 @@ mod tests {
     fn parse_requests() {
         check(
             r#"{"id":1,"op":"send","to":"bob","body":"hi"}"#,
-            expect![[r#"ok RequestLine { id: 1, req: Send { to: Agent("bob"), body: "hi", in_reply_to: None } }"#]],
+            expect![[
+                r#"ok RequestLine { id: 1, req: Send { to: Agent("bob"), body: "hi", in_reply_to: None } }"#
+            ]],
         );
         check(
             r#"{"id":2,"op":"recv"}"#,
@@ -333,15 +340,30 @@ mod tests {
         );
         check(
             r#"{"id":4,"op":"send","to":"../x","body":"hi"}"#,
-            expect![[r#"err id=Some(4) bad_request agent name must start with a lowercase letter"#]],
+            expect![[
+                r#"err id=Some(4) bad_request agent name must start with a lowercase letter"#
+            ]],
         );
         check(
             r#"{"id":5,"op":"send","to":"bob","body":"hi","from":"operator"}"#,
-            expect![[r#"err id=Some(5) bad_request unknown field `from`, expected one of `to`, `body`, `in_reply_to`"#]],
+            expect![[
+                r#"err id=Some(5) bad_request unknown field `from`, expected one of `to`, `body`, `in_reply_to`"#
+            ]],
         );
-        check("not json", expect![[r#"err id=None bad_request line is not JSON: expected ident at line 1 column 2"#]]);
-        check("[1]", expect![[r#"err id=None bad_request request must be a JSON object"#]]);
-        check(r#"{"op":"whoami"}"#, expect![[r#"err id=None bad_request request needs a numeric "id""#]]);
+        check(
+            "not json",
+            expect![[
+                r#"err id=None bad_request line is not JSON: expected ident at line 1 column 2"#
+            ]],
+        );
+        check(
+            "[1]",
+            expect![[r#"err id=None bad_request request must be a JSON object"#]],
+        );
+        check(
+            r#"{"op":"whoami"}"#,
+            expect![[r#"err id=None bad_request request needs a numeric "id""#]],
+        );
     }
 
     #[test]
@@ -368,7 +390,10 @@ mod tests {
             },
         };
         let line = push.to_line();
-        assert_eq!(ServerLine::parse(line.as_bytes()).unwrap(), ServerLine::Push(push));
+        assert_eq!(
+            ServerLine::parse(line.as_bytes()).unwrap(),
+            ServerLine::Push(push)
+        );
         let resp = ResponseLine::ok(3, &SendResult { ids: vec![1, 2] });
         assert_eq!(
             resp.to_line(),

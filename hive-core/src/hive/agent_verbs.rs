@@ -105,8 +105,8 @@ impl Hive {
                     .await?;
                 json(ends)
             }
-            AgentRequest::Cancel { kind, id } => {
-                self.cancel(me, kind, id).await?;
+            AgentRequest::Cancel { kind, item_id } => {
+                self.cancel(me, kind, item_id).await?;
                 json(Done {})
             }
             AgentRequest::Status { text } => {

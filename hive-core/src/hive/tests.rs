@@ -269,7 +269,7 @@ async fn reminders_are_bounded_cancellable_and_fire() {
     let e = call(
         &h,
         "alice",
-        json!({"op":"cancel","kind":"reminder","id":id}),
+        json!({"op":"cancel","kind":"reminder","item_id":id}),
     )
     .await
     .unwrap_err();
@@ -277,7 +277,7 @@ async fn reminders_are_bounded_cancellable_and_fire() {
     call(
         &h,
         "carol",
-        json!({"op":"cancel","kind":"reminder","id":id}),
+        json!({"op":"cancel","kind":"reminder","item_id":id}),
     )
     .await
     .unwrap();
@@ -302,13 +302,21 @@ async fn only_the_asker_may_cancel_a_question() {
         .unwrap()["question_id"]
         .as_u64()
         .unwrap();
-    let e = call(&h, "bob", json!({"op":"cancel","kind":"question","id":q}))
-        .await
-        .unwrap_err();
+    let e = call(
+        &h,
+        "bob",
+        json!({"op":"cancel","kind":"question","item_id":q}),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(e.code, ErrorCode::Forbidden);
-    call(&h, "alice", json!({"op":"cancel","kind":"question","id":q}))
-        .await
-        .unwrap();
+    call(
+        &h,
+        "alice",
+        json!({"op":"cancel","kind":"question","item_id":q}),
+    )
+    .await
+    .unwrap();
     let kinds: Vec<_> = h
         .unacked(&name("bob"), 0, 10)
         .await
