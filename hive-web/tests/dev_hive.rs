@@ -229,6 +229,55 @@ async fn an_inline_answer_reaches_the_demo_agent_on_its_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn lifecycle_and_approval_actions_reach_the_core_and_its_answer_is_shown() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    let http = hive.http();
+    let (cookie, csrf) = browser(&http, &hive.token(), "/agent/alice/").await;
+    let origin = http.origin();
+    let headers = [("cookie", cookie.as_str()), ("origin", origin.as_str())];
+    // (path, fields, what the page then says)
+    let cases: Vec<(&str, Pairs, &str)> = vec![
+        (
+            "/agent/alice/lifecycle",
+            vec![("action", "rebuild"), ("confirm", "yes")],
+            "rebuild is not supported by the process runtime",
+        ),
+        (
+            "/agent/alice/lifecycle",
+            vec![("action", "start")],
+            "agent alice is already running",
+        ),
+        (
+            "/approval/1/approve",
+            vec![("back", "/agent/alice/")],
+            "approvals arrive with the config repo",
+        ),
+    ];
+    for (path, fields, says) in cases {
+        let mut f = vec![("csrf", csrf.as_str())];
+        f.extend(fields);
+        let r = http.post_form(path, &headers, &f).await.unwrap();
+        assert_eq!(r.status, 303, "{path}: {}", r.body);
+        assert_eq!(r.header("location"), Some("/agent/alice/"));
+        let page = http
+            .get("/agent/alice/", &[("cookie", &cookie)])
+            .await
+            .unwrap();
+        assert!(
+            page.body.contains("class=\"flash err\"") && page.body.contains(says),
+            "{path}: the page should say {says:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn when_the_core_stops_pages_say_so_actions_are_503_and_the_gateway_comes_back_by_itself() {
     if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
         return;
