@@ -167,7 +167,9 @@ async fn main() {
     assert_eq!(
         page.body.matches("data-agent=").count() as u64,
         agents,
-        "the page lists every agent"
+        "the page lists every agent; gateway log:\n{}\ncore log:\n{}",
+        web.log(),
+        hive.log()
     );
     let page_bytes = page.body.len();
     // Warm up (connections, caches), then measure.

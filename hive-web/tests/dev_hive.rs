@@ -229,6 +229,40 @@ async fn an_inline_answer_reaches_the_demo_agent_on_its_socket() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_dashboard_lists_two_hundred_agents_with_their_status_lines() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    // A reply of this size (about 16 KiB) arrives in more than one read, so
+    // this also proves the protocol client reassembles split frames.
+    let names: Vec<String> = (1..=200).map(|i| format!("agent-{i:03}")).collect();
+    let hive = DevHive::start(DevOpts {
+        agents: Some(names.join(",")),
+        no_demo: true,
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    for (i, n) in names.iter().enumerate() {
+        let c = AgentClient::connect(hive.agent_sock(n)).await.unwrap();
+        c.status(format!(
+            "working on task {i}: reading, planning, writing the report"
+        ))
+        .await
+        .unwrap();
+    }
+    let http = hive.http();
+    let cookie = http.login(&hive.token()).await.unwrap();
+    let page = http.get("/", &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(
+        !page.body.contains("data-core-down"),
+        "the core answered every call"
+    );
+    assert_eq!(page.body.matches("data-agent=").count(), 200);
+    assert!(page.body.contains("working on task 199: reading"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn lifecycle_and_approval_actions_reach_the_core_and_its_answer_is_shown() {
     if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
         return;
