@@ -20,6 +20,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::coalesce::{is_coalescible, Coalescer, SendFn};
 use crate::core_link::{CoreError, CoreLink};
 use crate::hub::EventHub;
 use crate::metrics::Metrics;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub trusted_tailscale: Vec<String>,
     /// One permit per browser following the event stream.
     pub sse_slots: Arc<Semaphore>,
+    /// Collapses concurrent dashboard reads into rounds.
+    pub coalescer: Arc<Coalescer>,
 }
 
 impl Deref for AppState {
@@ -86,8 +89,36 @@ impl AppState {
                 metrics: Metrics::new(),
                 trusted_tailscale,
                 sse_slots: Arc::new(Semaphore::new(MAX_SSE_CLIENTS)),
+                coalescer: Arc::new(Coalescer::new()),
             }),
         }
+    }
+
+    /// A read for a page: the dashboard's argument-free reads are collapsed
+    /// with concurrent identical ones ([`crate::coalesce`]); anything else
+    /// is a plain [`AppState::call`].
+    pub async fn read(
+        &self,
+        operator: &str,
+        req: OperatorRequest,
+    ) -> Result<OperatorResponse, CoreError> {
+        if !is_coalescible(&req) {
+            return self.call(operator, req).await;
+        }
+        let me = self.clone();
+        let send: SendFn = Arc::new(move |op: String, req: OperatorRequest| {
+            let me = me.clone();
+            Box::pin(async move { me.call(&op, req).await })
+        });
+        let verb = req.verb();
+        let metrics = &self.metrics;
+        self.coalescer
+            .read(operator, req, send, |joined| {
+                if joined {
+                    metrics.coalesced(verb);
+                }
+            })
+            .await
     }
 
     /// One call to the core for `operator`, timed out after

@@ -41,8 +41,9 @@ pub const BACKOFF_MAX: Duration = Duration::from_millis(400);
 /// (a failed call also wakes it at once).
 pub const LINK_CHECK_INTERVAL: Duration = Duration::from_millis(100);
 
-/// Why a call to the core did not produce an answer.
-#[derive(Debug, thiserror::Error)]
+/// Why a call to the core did not produce an answer. `Clone` so one
+/// collapsed read can hand the same failure to all its callers.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum CoreError {
     /// There is no live connection to the core (it is down or restarting).
     #[error("core unreachable: {0}")]

@@ -21,6 +21,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod coalesce;
 pub mod config;
 pub mod core_link;
 pub mod error;

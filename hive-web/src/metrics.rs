@@ -69,6 +69,7 @@ struct Tables {
     request_latency: BTreeMap<String, Histogram>,
     core_calls: BTreeMap<(&'static str, &'static str), u64>,
     core_latency: BTreeMap<&'static str, Histogram>,
+    coalesced: BTreeMap<&'static str, u64>,
 }
 
 /// Every counter the gateway keeps.
@@ -109,6 +110,11 @@ impl Metrics {
         t.core_latency.entry(verb).or_default().observe(took);
     }
 
+    /// Counts one read that rode on a round another request opened.
+    pub fn coalesced(&self, verb: &'static str) {
+        *self.lock().coalesced.entry(verb).or_default() += 1;
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self, sse_clients: usize, sessions: usize, core_up: bool) -> String {
         let t = self.lock();
@@ -143,6 +149,13 @@ impl Metrics {
                 "hive_web_core_call_duration_seconds",
                 "verb",
                 verb,
+            );
+        }
+        out.push_str("# HELP hive_web_core_reads_coalesced_total Reads answered by a round another request opened (no call of their own).\n# TYPE hive_web_core_reads_coalesced_total counter\n");
+        for (verb, n) in &t.coalesced {
+            let _ = writeln!(
+                out,
+                "hive_web_core_reads_coalesced_total{{verb=\"{verb}\"}} {n}"
             );
         }
         let _ = writeln!(out, "# HELP hive_web_sse_clients Browsers following /api/events now.\n# TYPE hive_web_sse_clients gauge\nhive_web_sse_clients {sse_clients}");

@@ -21,7 +21,7 @@ pub async fn agents(
     State(state): State<AppState>,
     ApiAuth(id): ApiAuth,
 ) -> Result<Json<Vec<AgentSummary>>, ApiError> {
-    let r = state.call(&id.operator, Req::ListAgents).await;
+    let r = state.read(&id.operator, Req::ListAgents).await;
     Ok(Json(expect_response!(r, Resp::Agents)?))
 }
 
@@ -47,7 +47,7 @@ pub async fn approvals(
     State(state): State<AppState>,
     ApiAuth(id): ApiAuth,
 ) -> Result<Json<Vec<Approval>>, ApiError> {
-    let r = state.call(&id.operator, Req::Pending).await;
+    let r = state.read(&id.operator, Req::Pending).await;
     Ok(Json(expect_response!(r, Resp::Approvals)?))
 }
 
@@ -56,6 +56,6 @@ pub async fn questions(
     State(state): State<AppState>,
     ApiAuth(id): ApiAuth,
 ) -> Result<Json<Vec<Question>>, ApiError> {
-    let r = state.call(&id.operator, Req::Questions).await;
+    let r = state.read(&id.operator, Req::Questions).await;
     Ok(Json(expect_response!(r, Resp::Questions)?))
 }

@@ -37,14 +37,14 @@ pub async fn dashboard(State(state): State<AppState>, PageAuth(id): PageAuth) ->
     let since = state.hub.last_seq();
     let op = id.operator.as_str();
     let (agents, questions, approvals) = tokio::join!(
-        state.call(op, Req::ListAgents),
-        state.call(op, Req::Questions),
-        state.call(op, Req::Pending),
+        state.read(op, Req::ListAgents),
+        state.read(op, Req::Questions),
+        state.read(op, Req::Pending),
     );
     let agents = expect_response!(agents, Resp::Agents);
     let questions = expect_response!(questions, Resp::Questions);
     let approvals = expect_response!(approvals, Resp::Approvals);
-    let core_down = unreachable(&[
+    let core_down = any_unreachable(&[
         agents.as_ref().err(),
         questions.as_ref().err(),
         approvals.as_ref().err(),
@@ -93,7 +93,7 @@ pub async fn agent(
     let op = id.operator.as_str();
     let (detail, pending, inbox, to_operator, files, journal, deployed, main) = tokio::join!(
         state.call(op, Req::AgentDetail { name: name.clone() }),
-        state.call(op, Req::Pending),
+        state.read(op, Req::Pending),
         state.call(
             op,
             Req::Messages {
@@ -162,7 +162,7 @@ pub async fn agent(
             Err(e) => Err(section_error(&e)),
         }
     };
-    let core_down = unreachable(&[
+    let core_down = any_unreachable(&[
         detail.as_ref().err(),
         pending.as_ref().err(),
         inbox.as_ref().err(),
@@ -357,6 +357,6 @@ pub async fn not_found() -> AppError {
 }
 
 /// Whether any of the errors means the core is unreachable.
-fn unreachable(errors: &[Option<&CoreError>]) -> bool {
+fn any_unreachable(errors: &[Option<&CoreError>]) -> bool {
     errors.iter().flatten().any(|e| e.is_unreachable())
 }
