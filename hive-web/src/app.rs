@@ -101,9 +101,9 @@ impl AppState {
         &self,
         operator: &str,
         req: OperatorRequest,
-    ) -> Result<OperatorResponse, CoreError> {
+    ) -> Result<Arc<OperatorResponse>, CoreError> {
         if !is_coalescible(&req) {
-            return self.call(operator, req).await;
+            return self.call(operator, req).await.map(Arc::new);
         }
         let me = self.clone();
         let send: SendFn = Arc::new(move |op: String, req: OperatorRequest| {

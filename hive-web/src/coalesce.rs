@@ -23,8 +23,9 @@ use tokio::sync::watch;
 
 use crate::core_link::CoreError;
 
-/// What a round's callers receive.
-type Answer = Arc<Result<OperatorResponse, CoreError>>;
+/// What a round's callers receive: one shared answer, read by reference,
+/// so a round's fifty callers do not copy 200 agent rows each.
+type Answer = Result<Arc<OperatorResponse>, CoreError>;
 
 /// Which `(verb, operator)` a round is for: the operator stays exact so the
 /// core sees every read under the login that asked.
@@ -73,7 +74,7 @@ impl Coalescer {
         req: OperatorRequest,
         send: SendFn,
         joined: impl FnOnce(bool),
-    ) -> Result<OperatorResponse, CoreError> {
+    ) -> Result<Arc<OperatorResponse>, CoreError> {
         debug_assert!(is_coalescible(&req));
         let key: Key = (req.verb(), operator.to_owned());
         let mut rx = {
@@ -102,7 +103,7 @@ impl Coalescer {
             Err(_) => None,
         };
         match answer {
-            Some(a) => a.as_ref().clone(),
+            Some(a) => a,
             None => Err(CoreError::Unexpected(
                 "a read round ended without an answer".into(),
             )),
@@ -135,7 +136,7 @@ async fn run(c: Arc<Coalescer>, key: Key, req: OperatorRequest, send: SendFn) {
         // Everyone in this round arrived before this point.
         let answer = send(key.1.clone(), req.clone()).await;
         // Receivers that went away are no reason to stop.
-        let _ = tx.send(Some(Arc::new(answer)));
+        let _ = tx.send(Some(answer.map(Arc::new)));
     }
 }
 
@@ -157,8 +158,8 @@ mod tests {
         })
     }
 
-    fn seen(r: Result<OperatorResponse, CoreError>) -> u32 {
-        match r {
+    fn seen(r: Result<Arc<OperatorResponse>, CoreError>) -> u32 {
+        match r.as_deref() {
             Ok(OperatorResponse::Journal(v)) => v[0].parse().unwrap(),
             other => panic!("{other:?}"),
         }

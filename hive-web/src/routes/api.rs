@@ -4,6 +4,8 @@
 //! as JSON. Read-only: this module must never forward a verb that changes
 //! anything, because it has no form-token check.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::Json;
 use hive_proto::operator::{Approval, OperatorRequest as Req, OperatorResponse as Resp};
@@ -21,7 +23,10 @@ pub async fn agents(
     State(state): State<AppState>,
     ApiAuth(id): ApiAuth,
 ) -> Result<Json<Vec<AgentSummary>>, ApiError> {
-    let r = state.read(&id.operator, Req::ListAgents).await;
+    let r = state
+        .read(&id.operator, Req::ListAgents)
+        .await
+        .map(Arc::unwrap_or_clone);
     Ok(Json(expect_response!(r, Resp::Agents)?))
 }
 
@@ -47,7 +52,10 @@ pub async fn approvals(
     State(state): State<AppState>,
     ApiAuth(id): ApiAuth,
 ) -> Result<Json<Vec<Approval>>, ApiError> {
-    let r = state.read(&id.operator, Req::Pending).await;
+    let r = state
+        .read(&id.operator, Req::Pending)
+        .await
+        .map(Arc::unwrap_or_clone);
     Ok(Json(expect_response!(r, Resp::Approvals)?))
 }
 
@@ -56,6 +64,9 @@ pub async fn questions(
     State(state): State<AppState>,
     ApiAuth(id): ApiAuth,
 ) -> Result<Json<Vec<Question>>, ApiError> {
-    let r = state.read(&id.operator, Req::Questions).await;
+    let r = state
+        .read(&id.operator, Req::Questions)
+        .await
+        .map(Arc::unwrap_or_clone);
     Ok(Json(expect_response!(r, Resp::Questions)?))
 }

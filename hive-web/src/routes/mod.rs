@@ -16,6 +16,8 @@ pub mod ops;
 pub mod pages;
 pub mod sse;
 
+use std::sync::Arc;
+
 use hive_proto::operator::OperatorResponse;
 use hive_proto::{AgentName, RelPath};
 
@@ -103,6 +105,24 @@ macro_rules! expect_response {
             Err(e) => Err(e),
         }
     };
+}
+
+/// Takes what a page needs from a shared answer, by reference; `pick`
+/// returns `None` for a variant it did not expect.
+pub fn shared<'a, T>(
+    r: &'a Result<Arc<OperatorResponse>, CoreError>,
+    expected: &'static str,
+    pick: impl FnOnce(&'a OperatorResponse) -> Option<T>,
+) -> Result<T, CoreError> {
+    match r {
+        Ok(resp) => pick(resp).ok_or_else(|| {
+            CoreError::Unexpected(format!(
+                "{} where {expected} was expected",
+                response_name(resp)
+            ))
+        }),
+        Err(e) => Err(e.clone()),
+    }
 }
 
 /// Where a form goes back to: the dashboard, or an agent page — nothing

@@ -17,11 +17,11 @@ use crate::auth::PageAuth;
 use crate::core_link::CoreError;
 use crate::error::AppError;
 use crate::expect_response;
-use crate::routes::{chrome, parse_agent, parse_rel_path, section_error};
+use crate::routes::{chrome, parse_agent, parse_rel_path, section_error, shared};
 use crate::views::{
-    agent_href, lifecycle_buttons, state_href, AgentPage, AgentRow, ApprovalView, ConfigView,
-    DashboardPage, EntryView, EventLine, FileView, HtmlTemplate, MessageView, QuestionView,
-    ReminderView, StatePage,
+    agent_href, fmt_time, lifecycle_buttons, state_href, AgentPage, AgentRow, ApprovalView,
+    ConfigView, DashboardPage, EntryView, EventLine, FileView, HtmlTemplate, MessageView,
+    QuestionView, ReminderView, StatePage,
 };
 
 /// Events listed under "recent events" on the dashboard.
@@ -30,42 +30,48 @@ pub const RECENT_EVENTS: usize = 25;
 pub const MESSAGES_SHOWN: u32 = 50;
 /// Journal lines shown on an agent page.
 pub const JOURNAL_LINES: u32 = 100;
+/// The dashboard's size without agent rows, roughly, for its buffer.
+const PAGE_BASE_BYTES: usize = 8 * 1024;
+/// One agent row's size, roughly.
+const ROW_BYTES: usize = 400;
 
 /// `GET /`.
 pub async fn dashboard(State(state): State<AppState>, PageAuth(id): PageAuth) -> Response {
     // Read the event position before the state: see `EventHub::last_seq`.
     let since = state.hub.last_seq();
     let op = id.operator.as_str();
-    let (agents, questions, approvals) = tokio::join!(
+    let (agents_answer, questions_answer, approvals_answer) = tokio::join!(
         state.read(op, Req::ListAgents),
         state.read(op, Req::Questions),
         state.read(op, Req::Pending),
     );
-    let agents = expect_response!(agents, Resp::Agents);
-    let questions = expect_response!(questions, Resp::Questions);
-    let approvals = expect_response!(approvals, Resp::Approvals);
-    let core_down = any_unreachable(&[
-        agents.as_ref().err(),
-        questions.as_ref().err(),
-        approvals.as_ref().err(),
-    ]);
+    let core_down = [&agents_answer, &questions_answer, &approvals_answer]
+        .iter()
+        .any(|r| r.as_ref().err().is_some_and(CoreError::is_unreachable));
+    let agents = shared(&agents_answer, "Agents", |r| match r {
+        Resp::Agents(v) => Some(v.iter().map(AgentRow::from).collect()),
+        _ => None,
+    });
+    let questions = shared(&questions_answer, "Questions", |r| match r {
+        Resp::Questions(v) => Some(
+            v.iter()
+                .filter(|q| q.state == QuestionState::Open && q.to == Principal::Operator)
+                .map(QuestionView::from)
+                .collect(),
+        ),
+        _ => None,
+    });
+    let approvals = shared(&approvals_answer, "Approvals", |r| match r {
+        Resp::Approvals(v) => Some(v.iter().map(ApprovalView::from).collect()),
+        _ => None,
+    });
+    let rows = agents.as_ref().map(Vec::len).unwrap_or(0);
     let page = DashboardPage {
         chrome: chrome(&state, &id, "dashboard", core_down, Some(since)),
         back: "/".into(),
-        agents: agents
-            .map(|v| v.iter().map(AgentRow::from).collect())
-            .map_err(|e| section_error(&e)),
-        questions: questions
-            .map(|v| {
-                v.iter()
-                    .filter(|q| q.state == QuestionState::Open && q.to == Principal::Operator)
-                    .map(QuestionView::from)
-                    .collect()
-            })
-            .map_err(|e| section_error(&e)),
-        approvals: approvals
-            .map(|v| v.iter().map(ApprovalView::from).collect())
-            .map_err(|e| section_error(&e)),
+        agents: agents.map_err(|e| section_error(&e)),
+        questions: questions.map_err(|e| section_error(&e)),
+        approvals: approvals.map_err(|e| section_error(&e)),
         events: state
             .hub
             .recent(RECENT_EVENTS)
@@ -73,7 +79,9 @@ pub async fn dashboard(State(state): State<AppState>, PageAuth(id): PageAuth) ->
             .map(|r| EventLine::from(r.as_ref()))
             .collect(),
     };
-    HtmlTemplate(page).into_response()
+    // Size the buffer for the whole page up front: a 200-agent dashboard is
+    // about 70 KiB, and growing a String to that by doubling costs copies.
+    HtmlTemplate::with_capacity(page, PAGE_BASE_BYTES + rows * ROW_BYTES).into_response()
 }
 
 /// `GET /agent/{name}`: the page lives at the trailing-slash address.
@@ -145,7 +153,15 @@ pub async fn agent(
             return Err(AppError::NotFound("no such agent".into()));
         }
     }
-    let pending = expect_response!(pending, Resp::Approvals);
+    let pending = shared(&pending, "Approvals", |r| match r {
+        Resp::Approvals(v) => Some(
+            v.iter()
+                .filter(|a| a.agent == name)
+                .map(ApprovalView::from)
+                .collect::<Vec<_>>(),
+        ),
+        _ => None,
+    });
     let inbox = expect_response!(inbox, Resp::Messages);
     let to_operator = expect_response!(to_operator, Resp::Messages);
     let files = expect_response!(files, Resp::Dir);
@@ -168,6 +184,12 @@ pub async fn agent(
         inbox.as_ref().err(),
     ]);
 
+    let status_at = detail
+        .as_ref()
+        .ok()
+        .and_then(|d| d.summary.status_at)
+        .map(fmt_time)
+        .unwrap_or_default();
     let (summary, allowed, loose_ends, reminders) = match &detail {
         Ok(d) => (
             Ok(AgentRow::from(&d.summary)),
@@ -188,18 +210,12 @@ pub async fn agent(
         back: agent_href(&name),
         name: name.to_string(),
         summary,
+        status_at,
         allowed_recipients: allowed,
         loose_ends,
         reminders,
         lifecycle: lifecycle_buttons(),
-        approvals: pending
-            .map(|v| {
-                v.iter()
-                    .filter(|a| a.agent == name)
-                    .map(ApprovalView::from)
-                    .collect()
-            })
-            .map_err(|e| section_error(&e)),
+        approvals: pending.map_err(|e| section_error(&e)),
         messages,
         files: files
             .map(|v| v.iter().map(|e| EntryView::new(&name, "", e)).collect())
