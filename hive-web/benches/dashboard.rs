@@ -210,18 +210,28 @@ async fn main() {
         "verb=\"list_agents\"",
     );
     let page_mean = mean("hive_web_request_duration_seconds", "route=\"/\"");
+    let counter = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let pages_served = counter("hive_web_requests_total{route=\"/\",status=\"200\"}");
+    let list_calls = counter("hive_web_core_calls_total{verb=\"list_agents\",");
 
     let p99_ms = to_ms(&r.p99);
     let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
     let command = format!(
-        "wrk {}",
-        args[..5].join(" ") + " -H 'Cookie: hive_session=…' " + &url
+        "wrk {} -H 'Cookie: hive_session=…' {url}",
+        args[..4].join(" ")
     );
     let section = format!(
         "## hive-web\n\n\
          `GET /` (the dashboard) with {agents} agents, each with a status line, through the\n\
          release `hive-web` and the real core (`hive-core dev --no-demo --no-web`, store on\n\
-         disk, every page three `web.sock` round trips: `ListAgents`, `Questions`, `Pending`),\n\
+         disk; every page reads `ListAgents`, `Questions` and `Pending` over `web.sock`,\n\
+         concurrent identical reads collapsed into rounds),\n\
          under {conns} concurrent keep-alive clients for {seconds} s. Load generator, gateway\n\
          and core share the machine.\n\n\
          | figure | value | target |\n| --- | --- | --- |\n\
@@ -232,7 +242,8 @@ async fn main() {
          | requests | {requests} ({non2xx} not 2xx) | |\n\
          | page size | {page_bytes} bytes | |\n\
          | mean `/` time inside the gateway | {page_mean} | |\n\
-         | mean `ListAgents` round trip | {core_list} | |\n\n\
+         | mean `ListAgents` round trip | {core_list} | |\n\
+         | `ListAgents` calls sent per page | {per_page} | |\n\n\
          Machine: {machine}.\n\n\
          Reproduce: `cargo bench -p hive-web --bench dashboard` (it builds the release\n\
          binaries, starts the hive, logs in and runs\n\
@@ -252,6 +263,14 @@ async fn main() {
         core_list = core_list
             .map(|v| format!("{v:.2} ms"))
             .unwrap_or_else(|| "n/a".into()),
+        per_page = if pages_served > 0.0 {
+            format!(
+                "{:.3} ({list_calls:.0} calls for {pages_served:.0} pages)",
+                list_calls / pages_served
+            )
+        } else {
+            "n/a".into()
+        },
         machine = machine(),
         errors = if r.errors.is_empty() {
             String::new()
