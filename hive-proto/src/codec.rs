@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+use tokio_util::codec::{Decoder, Encoder};
 
 /// Largest operator RPC frame body, in bytes (DESIGN §3).
 pub const MAX_FRAME: usize = 1024 * 1024;
@@ -35,20 +35,18 @@ pub enum DecodeError {
 
 /// Decodes frames of type `In` and encodes frames of type `Out`, each a
 /// postcard body behind a u32 big-endian length.
+///
+/// The length is read only at a frame boundary and the header stays in the
+/// buffer until the whole body has arrived, so a frame split across any
+/// number of reads decodes the same as one that arrived whole; an announced
+/// length over [`MAX_FRAME`] is refused before any body byte is buffered.
 pub struct FrameCodec<In, Out> {
-    inner: LengthDelimitedCodec,
     _types: PhantomData<fn(Out) -> In>,
 }
 
 impl<In, Out> FrameCodec<In, Out> {
     pub fn new() -> Self {
-        let inner = LengthDelimitedCodec::builder()
-            .length_field_length(4)
-            .big_endian()
-            .max_frame_length(MAX_FRAME)
-            .new_codec();
         Self {
-            inner,
             _types: PhantomData,
         }
     }
@@ -60,22 +58,28 @@ impl<In, Out> Default for FrameCodec<In, Out> {
     }
 }
 
+/// Bytes in a frame's length header.
+const HEADER: usize = 4;
+
 impl<In: DeserializeOwned, Out> Decoder for FrameCodec<In, Out> {
     type Item = In;
     type Error = DecodeError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, DecodeError> {
-        // Check the announced length ourselves first so the error names it.
-        if src.len() >= 4 {
-            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
-            if len > MAX_FRAME {
-                return Err(DecodeError::FrameTooLarge(len));
-            }
+        let Some(header) = src.get(..HEADER) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        if len > MAX_FRAME {
+            return Err(DecodeError::FrameTooLarge(len));
         }
-        match self.inner.decode(src)? {
-            Some(body) => Ok(Some(postcard::from_bytes(&body)?)),
-            None => Ok(None),
+        if src.len() < HEADER + len {
+            src.reserve(HEADER + len - src.len());
+            return Ok(None);
         }
+        src.advance(HEADER);
+        let body = src.split_to(len);
+        Ok(Some(postcard::from_bytes(&body)?))
     }
 }
 
@@ -201,6 +205,30 @@ mod tests {
         // A partial frame is not an error, just not yet a frame.
         let mut part = BytesMut::from(&[0u8, 0, 0, 9, 1][..]);
         assert!(codec.decode(&mut part).unwrap().is_none());
+    }
+
+    #[test]
+    fn frames_split_across_reads_decode_whole() {
+        // Two frames well over one read's worth, delivered in odd-sized
+        // chunks: each must come out once, intact, and never be mistaken
+        // for an oversized header halfway through its body.
+        let first: Vec<u32> = (0..20_000).collect();
+        let second: Vec<u32> = (0..3).collect();
+        let mut codec = FrameCodec::<Vec<u32>, Vec<u32>>::new();
+        let mut wire = BytesMut::new();
+        codec.encode(first.clone(), &mut wire).unwrap();
+        codec.encode(second.clone(), &mut wire).unwrap();
+
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for chunk in wire.chunks(4093) {
+            buf.extend_from_slice(chunk);
+            while let Some(frame) = codec.decode(&mut buf).unwrap() {
+                out.push(frame);
+            }
+        }
+        assert_eq!(out, vec![first, second]);
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -21,9 +21,15 @@ pub struct EventRecord {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Event {
     /// An agent set its status text.
-    AgentStatus { agent: AgentName, text: String },
+    AgentStatus {
+        agent: AgentName,
+        text: String,
+    },
     /// The runtime reported a new state for an agent.
-    AgentRunState { agent: AgentName, state: RunState },
+    AgentRunState {
+        agent: AgentName,
+        state: RunState,
+    },
     /// A message was committed to a mailbox.
     MessageSent {
         id: u64,
@@ -31,24 +37,43 @@ pub enum Event {
         to: Principal,
     },
     /// A mailbox's owner acknowledged a message.
-    MessageAcked { id: u64, by: Principal },
+    MessageAcked {
+        id: u64,
+        by: Principal,
+    },
     QuestionAsked {
         id: u64,
         asker: Principal,
         to: Principal,
     },
-    QuestionAnswered { id: u64, by: Principal },
-    QuestionExpired { id: u64 },
-    QuestionCancelled { id: u64 },
+    QuestionAnswered {
+        id: u64,
+        by: Principal,
+    },
+    QuestionExpired {
+        id: u64,
+    },
+    QuestionCancelled {
+        id: u64,
+    },
     ReminderSet {
         id: u64,
         agent: AgentName,
         due_at: UnixMillis,
     },
-    ReminderFired { id: u64, agent: AgentName },
-    ReminderCancelled { id: u64, agent: AgentName },
+    ReminderFired {
+        id: u64,
+        agent: AgentName,
+    },
+    ReminderCancelled {
+        id: u64,
+        agent: AgentName,
+    },
     /// An approval was decided by an operator.
-    ApprovalDecided { id: u64, approved: bool },
+    ApprovalDecided {
+        id: u64,
+        approved: bool,
+    },
 }
 
 impl Event {
@@ -64,9 +89,7 @@ impl Event {
             | Event::ReminderFired { agent, .. }
             | Event::ReminderCancelled { agent, .. } => vec![agent],
             Event::MessageSent { from, to, .. } => of(from).into_iter().chain(of(to)).collect(),
-            Event::QuestionAsked { asker, to, .. } => {
-                of(asker).into_iter().chain(of(to)).collect()
-            }
+            Event::QuestionAsked { asker, to, .. } => of(asker).into_iter().chain(of(to)).collect(),
             Event::MessageAcked { by, .. } | Event::QuestionAnswered { by, .. } => {
                 of(by).into_iter().collect()
             }

@@ -51,10 +51,16 @@ pub enum HelloReply {
 pub enum ClientFrame<R> {
     Hello(Hello),
     /// Call `req`; the reply carries the same `id`.
-    Call { id: u64, req: R },
+    Call {
+        id: u64,
+        req: R,
+    },
     /// Stream every event with `seq > since`, then each new one, as
     /// [`ServerFrame::Event`] frames carrying this `id`.
-    Subscribe { id: u64, since: u64 },
+    Subscribe {
+        id: u64,
+        since: u64,
+    },
 }
 
 /// A frame from core to client.
@@ -65,10 +71,16 @@ pub enum ServerFrame {
         id: u64,
         result: Result<OperatorResponse, RpcError>,
     },
-    Event { id: u64, record: EventRecord },
+    Event {
+        id: u64,
+        record: EventRecord,
+    },
     /// The stream fell too far behind (or `since` is older than what the
     /// store keeps); resubscribe from `resume_from` after reloading state.
-    Lagged { id: u64, resume_from: u64 },
+    Lagged {
+        id: u64,
+        resume_from: u64,
+    },
 }
 
 /// A call on `web.sock`: the gateway relays the operator it authenticated, and
@@ -236,7 +248,9 @@ pub enum OperatorResponse {
     Approvals(Vec<Approval>),
     Questions(Vec<Question>),
     Messages(Vec<Message>),
-    MessageSent { id: u64 },
+    MessageSent {
+        id: u64,
+    },
     File {
         bytes: Vec<u8>,
         /// Whether the file was longer than what was sent.
@@ -244,11 +258,17 @@ pub enum OperatorResponse {
     },
     Dir(Vec<DirEntry>),
     Journal(Vec<String>),
-    Config { sha: Option<String>, files: Vec<(String, String)> },
+    Config {
+        sha: Option<String>,
+        files: Vec<(String, String)>,
+    },
     Diff(String),
     Audit(Vec<AuditEntry>),
     /// The chain holds: `rows` checked, ending in `head`.
-    AuditVerified { rows: u64, head: String },
+    AuditVerified {
+        rows: u64,
+        head: String,
+    },
     Health(Health),
 }
 
@@ -293,7 +313,10 @@ mod tests {
         FrameCodec::<(), ClientFrame<WebCall>>::new()
             .encode(frame.clone(), &mut buf)
             .unwrap();
-        assert_eq!(decode_frame::<ClientFrame<WebCall>>(&buf).unwrap(), Some(frame));
+        assert_eq!(
+            decode_frame::<ClientFrame<WebCall>>(&buf).unwrap(),
+            Some(frame)
+        );
     }
 
     #[test]
