@@ -17,10 +17,18 @@
 //!    crate) and refuses to go on unless every capability set is empty,
 //!    `NoNewPrivs` is 1, no uid is 0, and `setuid(0)` fails.
 //!
-//! Started as an ordinary user (as systemd does with `User=hive-web`), steps
-//! 2, 4, 5 and 6 still run (dropping the bounding set only succeeds if the
-//! process holds `CAP_SETPCAP`): a capability left by the service manager is
-//! refused just the same. Any failure is one sentence and a non-zero exit.
+//! Started as an ordinary user (as systemd does with `User=hive-web`, or
+//! `hive-core dev` run by a developer), steps 2, 4, 5 and 6 still run: any
+//! capability the service manager handed over (effective, permitted,
+//! inheritable, ambient) is cleared and verified gone. The bounding set is
+//! the one exception there: taking anything out of it needs `CAP_SETPCAP`,
+//! which an ordinary process does not hold, and it grants nothing by itself
+//! — it only caps what a later `execve` could add to the permitted set, and
+//! with `no_new_privs` set no `execve` can add anything (no file
+//! capabilities, no set-uid). So an ordinary start with an untouched bounding
+//! set runs (and says so in its log); a start that held `CAP_SETPCAP` — every
+//! start as root — must leave the bounding set empty too. Any failure is one
+//! sentence and a non-zero exit.
 //!
 //! This must run while the process has a single thread (before the tokio
 //! runtime starts): credentials and capability sets are per thread on Linux.
@@ -80,6 +88,7 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivilegeError> {
     let uid = unistd::getuid();
     let euid = unistd::geteuid();
     let switched = uid.is_root() || euid.is_root();
+    let mut bounding_must_be_empty = true;
     if switched {
         let name = user.ok_or(PrivilegeError::RootWithoutUser)?;
         let target = lookup(name)?;
@@ -109,9 +118,9 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivilegeError> {
             }
         }
         clear_ambient()?;
-        // Without CAP_SETPCAP this fails, and that is not the verdict:
-        // the verification below refuses whatever is left, naming it.
-        let _ = clear_bounding();
+        // Without CAP_SETPCAP this fails; see the module header for why
+        // the bounding set may then stay (and only it).
+        bounding_must_be_empty = clear_bounding().is_ok();
     }
     for set in [
         caps::CapSet::Effective,
@@ -127,7 +136,13 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivilegeError> {
         step: "PR_SET_NO_NEW_PRIVS",
         source: e.into(),
     })?;
-    verify()?;
+    verify(bounding_must_be_empty)?;
+    if !bounding_must_be_empty {
+        tracing::info!(
+            "the capability bounding set cannot be emptied without CAP_SETPCAP; \
+             with no_new_privs and every other set empty it grants nothing"
+        );
+    }
     Ok(Dropped {
         uid: unistd::getuid().as_raw(),
         gid: unistd::getgid().as_raw(),
@@ -137,14 +152,16 @@ pub fn drop_privileges(user: Option<&str>) -> Result<Dropped, PrivilegeError> {
 
 /// Re-reads the process's credentials from the kernel and fails unless it
 /// holds no capability, has `no_new_privs`, is not root and cannot become
-/// root again.
-pub fn verify() -> Result<(), PrivilegeError> {
+/// root again. `bounding_must_be_empty` is false only for a start that never
+/// held `CAP_SETPCAP` (see the module header).
+pub fn verify(bounding_must_be_empty: bool) -> Result<(), PrivilegeError> {
     let status = fs::read_to_string("/proc/self/status").map_err(PrivilegeError::Status)?;
     let proc = ProcCreds::parse(&status);
+    let checked = |name: &str| bounding_must_be_empty || name != "CapBnd";
     let mut left: Vec<String> = proc
         .caps
         .iter()
-        .filter(|(_, mask)| *mask != 0)
+        .filter(|(name, mask)| *mask != 0 && checked(name))
         .map(|(name, mask)| format!("{name}={mask:016x}"))
         .collect();
     // The caps crate reads the same sets through capget/prctl; both views
@@ -156,6 +173,9 @@ pub fn verify() -> Result<(), PrivilegeError> {
         (caps::CapSet::Ambient, "ambient"),
         (caps::CapSet::Bounding, "bounding"),
     ] {
+        if matches!(set, caps::CapSet::Bounding) && !bounding_must_be_empty {
+            continue;
+        }
         match caps::read(None, set) {
             Ok(s) if s.is_empty() => {}
             Ok(s) => left.push(format!("{name}: {} capabilities", s.len())),
