@@ -8,6 +8,16 @@
 //! callers: anything acknowledged or pushed is already on disk
 //! (`synchronous = FULL`).
 //!
+//! Checkpoints (copying the WAL back into the database file, which costs
+//! two more syncs) stay off the commit path: the writer connection has
+//! SQLite's automatic checkpoint raised to [`WAL_WRITER_CHECKPOINT_PAGES`],
+//! a safety net for sustained load, and a checkpointer thread with its own
+//! connection runs a `PASSIVE` checkpoint after every
+//! [`CHECKPOINT_EVERY_COMMITS`] commits, and after a quiet second for
+//! whatever commits came since. A
+//! `PASSIVE` checkpoint never takes the write lock, so commits go on while
+//! it runs.
+//!
 //! This module owns the schema and every SQL statement; it never decides
 //! policy (who may do what is `crate::hive`'s business) and never talks to a
 //! peer.
@@ -19,6 +29,7 @@ mod tx;
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -40,6 +51,15 @@ pub const MAX_BATCH: usize = 512;
 pub const WRITE_QUEUE: usize = 8192;
 /// Reader connections kept open for reuse.
 pub const READERS: usize = 4;
+/// Commits between two background checkpoints.
+pub const CHECKPOINT_EVERY_COMMITS: u64 = 64;
+/// WAL size, in pages, at which the writer checkpoints in its own commit
+/// (SQLite's `wal_autocheckpoint`): reached only when writes never pause
+/// long enough for the background checkpoint to let the WAL start over.
+pub const WAL_WRITER_CHECKPOINT_PAGES: u32 = 16_384;
+/// How long the checkpointer waits for commits before checkpointing
+/// whatever the last ones left.
+const CHECKPOINT_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -102,15 +122,33 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(store_err)?;
         schema::prepare_writer(&conn).map_err(store_err)?;
+        conn.pragma_update(None, "wal_autocheckpoint", WAL_WRITER_CHECKPOINT_PAGES)
+            .map_err(store_err)?;
+        let checkpoint_conn = Connection::open(path).map_err(store_err)?;
+        let spawn_err = |what| {
+            move |source| Error::Io {
+                what,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let (nudge, nudged) = std::sync::mpsc::sync_channel(1);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&commits);
+        let checkpointer = std::thread::Builder::new()
+            .name("hive-store-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, nudged, counted))
+            .map_err(spawn_err("starting the store checkpointer"))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let writer = std::thread::Builder::new()
             .name("hive-store-writer".into())
-            .spawn(move || writer_loop(conn, rx, hub))
-            .map_err(|source| Error::Io {
-                what: "starting the store writer",
-                path: path.to_owned(),
-                source,
-            })?;
+            .spawn(move || {
+                writer_loop(conn, rx, hub, nudge, commits);
+                // The writer's sender is gone: the checkpointer finishes,
+                // and the writer's connection closes last.
+                let _ = checkpointer.join();
+            })
+            .map_err(spawn_err("starting the store writer"))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
@@ -236,7 +274,13 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 
 /// The writer thread: take every waiting job, run them in one transaction,
 /// commit, then publish and reply.
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>) {
+fn writer_loop(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    hub: Arc<Hub>,
+    checkpoint: std::sync::mpsc::SyncSender<()>,
+    commits: Arc<AtomicU64>,
+) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -245,11 +289,52 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Job>, hub: Arc<Hub>)
                 Err(_) => break,
             }
         }
-        run_batch(&mut conn, batch, &hub);
+        if run_batch(&mut conn, batch, &hub) {
+            let n = commits.fetch_add(1, Ordering::AcqRel) + 1;
+            if n.is_multiple_of(CHECKPOINT_EVERY_COMMITS) {
+                // Full means a nudge is already waiting: nothing to add.
+                let _ = checkpoint.try_send(());
+            }
+        }
     }
 }
 
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub) {
+/// The checkpointer thread: a `PASSIVE` checkpoint on every nudge, and one
+/// after a quiet [`CHECKPOINT_IDLE`] if any commit came since the last
+/// checkpoint (`commits` is the writer's running count). Ends when the
+/// writer drops its sender.
+fn checkpoint_loop(
+    conn: Connection,
+    nudged: std::sync::mpsc::Receiver<()>,
+    commits: Arc<AtomicU64>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut covered = 0u64;
+    loop {
+        match nudged.recv_timeout(CHECKPOINT_IDLE) {
+            Ok(()) | Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let now = commits.load(Ordering::Acquire);
+        if now == covered {
+            continue;
+        }
+        covered = now;
+        let passive = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((row.get::<_, i64>(1)?, row.get::<_, i64>(2)?))
+        });
+        match passive {
+            Ok((log, done)) => tracing::trace!(log, done, "checkpoint"),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "background checkpoint failed; the writer's own will follow"
+            ),
+        }
+    }
+}
+
+/// Runs one batch in one transaction; true if it committed.
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub) -> bool {
     let now = crate::now_ms();
     let mut done = Vec::with_capacity(batch.len());
     let mut effects = tx::Effects::default();
@@ -279,12 +364,61 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub) {
             for (reply, result) in done {
                 let _ = reply.send(result);
             }
+            true
         }
         Err(e) => {
             tracing::error!(error = %e, "store transaction failed; nothing in it was kept");
             for (reply, _) in done {
                 let _ = reply.send(Err(StoreError::Commit(e.to_string())));
             }
+            false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether the database file itself (not its WAL) holds `needle`.
+    fn in_main_file(path: &Path, needle: &str) -> bool {
+        let bytes = std::fs::read(path).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commits_reach_the_database_file_by_background_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hive.db");
+        let store = Store::open(&path, Arc::new(Hub::new())).unwrap();
+        // One commit per write, each awaited: well past the writer's nudge
+        // and far below the writer's own checkpoint threshold.
+        for i in 0..CHECKPOINT_EVERY_COMMITS + 1 {
+            let detail = format!("needle-{i:04}");
+            store
+                .write(move |tx| tx.audit("test", "write", &detail))
+                .await
+                .unwrap();
+        }
+        let first = "needle-0000";
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !in_main_file(&path, first) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nothing checkpointed the WAL into the database file"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // The last commit came after the last nudge: the idle checkpoint
+        // carries it.
+        let last = format!("needle-{:04}", CHECKPOINT_EVERY_COMMITS);
+        while !in_main_file(&path, &last) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the commits after the last nudge were never checkpointed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store.shutdown().await;
     }
 }
