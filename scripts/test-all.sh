@@ -33,7 +33,7 @@ cargo build --workspace --all-targets --locked
 echo "==> cargo test"
 cargo test --workspace --locked -- --test-threads=2
 echo "==> fuzz targets compile (running them needs nightly: see docs/protocol.md)"
-cargo check --manifest-path hive-proto/fuzz/Cargo.toml --bins
+cargo check --manifest-path hive-proto/fuzz/Cargo.toml --bins --locked
 echo "==> nix files parse"
 while IFS= read -r -d '' f; do
   nix-instantiate --parse "$f" >/dev/null
