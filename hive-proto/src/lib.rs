@@ -17,6 +17,7 @@ pub mod codec;
 pub mod event;
 pub mod name;
 pub mod operator;
+pub mod time;
 pub mod view;
 
 pub use name::{AgentName, NameError, Recipient, RelPath};
