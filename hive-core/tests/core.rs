@@ -11,6 +11,7 @@
 //!   operator identity in the audit log, event streams that resume.
 //! - `audit`: `audit verify` detects a row changed behind the daemon's back.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
+//! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -21,6 +22,8 @@ mod abuse;
 mod audit;
 #[path = "core/authority.rs"]
 mod authority;
+#[path = "core/clis.rs"]
+mod clis;
 #[path = "core/dev.rs"]
 mod dev;
 #[path = "core/durability.rs"]
