@@ -24,6 +24,14 @@ pub const MAX_STATUS: usize = 1024;
 pub const MAX_OPTIONS: usize = 32;
 /// Most messages one `recv` returns.
 pub const MAX_RECV: u32 = 1000;
+/// Most bytes of one `recv` reply line (newline excluded). The core stops
+/// filling a reply before the message that would take it over this limit
+/// and sends the messages that did not fit right after it as pushes, in
+/// order, as it does with those beyond `max`. A reply always carries at
+/// least one message; the largest one the core accepts (a [`MAX_BODY`] body
+/// and [`MAX_OPTIONS`] options of 1 KiB, every byte escaped as `\u00XX`)
+/// is under 600 KiB of JSON, so it fits with room to spare.
+pub const MAX_RECV_REPLY_BYTES: usize = 1024 * 1024;
 /// Longest a `recv` may wait, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60 * 60 * 1000;
 

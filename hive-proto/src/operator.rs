@@ -75,8 +75,11 @@ pub enum ServerFrame {
         id: u64,
         record: EventRecord,
     },
-    /// The stream fell too far behind (or `since` is older than what the
-    /// store keeps); resubscribe from `resume_from` after reloading state.
+    /// Events this stream still had to send were pruned from the store:
+    /// `since` is older than what the store keeps, or the client read so
+    /// slowly that pruning overtook it. `resume_from` is the oldest kept
+    /// `seq` minus one. This is the subscription's last frame: reload state,
+    /// then subscribe again from `resume_from`.
     Lagged {
         id: u64,
         resume_from: u64,

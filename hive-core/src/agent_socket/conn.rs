@@ -30,7 +30,7 @@ use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use hive_proto::agent::{
     self, AgentRequest, ErrorBody, Push, RecvResult, RequestLine, ResponseLine, MAX_RECV,
-    MAX_WAIT_MS,
+    MAX_RECV_REPLY_BYTES, MAX_WAIT_MS,
 };
 use hive_proto::codec::{DecodeError, LineCodec};
 use hive_proto::view::{ErrorCode, Message};
@@ -367,8 +367,7 @@ impl State {
             Some(p) => {
                 let messages = self.delivery.take_new(msgs);
                 self.delivery.listening = true;
-                self.send(ResponseLine::ok(p.id, &RecvResult { messages }).to_line())
-                    .await
+                self.answer_recv(p, messages).await
             }
             None => self.deliver(msgs).await,
         }
@@ -408,28 +407,34 @@ impl State {
     }
 
     /// Sends messages this connection has not seen: as the answer to a
-    /// waiting `recv` (up to its `max`), the rest as pushes.
+    /// waiting `recv`, the rest as pushes.
     async fn deliver(&mut self, msgs: Vec<Message>) -> Result<(), Gone> {
         let d = &mut self.delivery;
         if !d.listening && d.waiting.is_none() {
             // Nobody asked yet; leave them undelivered for the first recv.
             return Ok(());
         }
-        let mut msgs = d.take_new(msgs);
+        let msgs = d.take_new(msgs);
         if msgs.is_empty() {
             return Ok(());
         }
         if let Some((p, _)) = d.waiting.take() {
             d.listening = true;
-            let rest = if msgs.len() > p.max as usize {
-                msgs.split_off(p.max as usize)
-            } else {
-                Vec::new()
-            };
-            self.send(ResponseLine::ok(p.id, &RecvResult { messages: msgs }).to_line())
-                .await?;
-            msgs = rest;
+            return self.answer_recv(p, msgs).await;
         }
+        self.push(msgs).await
+    }
+
+    /// Answers `p` with as many of `msgs` as fit its `max` and
+    /// [`MAX_RECV_REPLY_BYTES`], then pushes the rest, in order. `msgs` are
+    /// already recorded as delivered, so every one must go out here.
+    async fn answer_recv(&mut self, p: PendingRecv, msgs: Vec<Message>) -> Result<(), Gone> {
+        let (reply, rest) = recv_reply(p.id, msgs, p.max);
+        self.send(reply).await?;
+        self.push(rest).await
+    }
+
+    async fn push(&mut self, msgs: Vec<Message>) -> Result<(), Gone> {
         for message in msgs {
             self.send(Push::Message { message }.to_line()).await?;
         }
@@ -445,6 +450,52 @@ impl State {
             messages: Vec::new(),
         };
         self.send(ResponseLine::ok(p.id, &empty).to_line()).await
+    }
+}
+
+/// The reply line to `recv` request `id`: the first of `msgs`, then as many
+/// more as keep it within `max` messages and [`MAX_RECV_REPLY_BYTES`]
+/// bytes. Returns the line and the messages left out, in order.
+fn recv_reply(id: u64, mut msgs: Vec<Message>, max: u32) -> (String, Vec<Message>) {
+    let empty = RecvResult {
+        messages: Vec::new(),
+    };
+    let empty = ResponseLine::ok(id, &empty).to_line();
+    let mut len = empty.len();
+    let mut fit = 0;
+    for m in msgs.iter().take(max as usize) {
+        // Every message after the first adds its JSON and a comma.
+        let add = json_len(m) + usize::from(fit > 0);
+        if fit > 0 && len + add > MAX_RECV_REPLY_BYTES {
+            break;
+        }
+        len += add;
+        fit += 1;
+    }
+    let rest = msgs.split_off(fit);
+    let line = ResponseLine::ok(id, &RecvResult { messages: msgs }).to_line();
+    debug_assert!(fit <= 1 || line.len() <= MAX_RECV_REPLY_BYTES);
+    debug_assert_eq!(line.len(), len);
+    (line, rest)
+}
+
+/// How many bytes `m` takes in a JSON line (key order does not change it).
+fn json_len(m: &Message) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, m) {
+        Ok(()) => count.0,
+        // Cannot happen (strings and numbers); count it as filling a reply.
+        Err(_) => MAX_RECV_REPLY_BYTES,
     }
 }
 
@@ -477,5 +528,96 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hive_proto::agent::{MAX_BODY, MAX_OPTIONS};
+    use hive_proto::view::ItemKind;
+    use hive_proto::Principal;
+
+    use super::*;
+    use crate::hive::MAX_OPTION;
+
+    fn message(id: u64, body: String) -> Message {
+        Message {
+            id,
+            kind: ItemKind::Message,
+            from: Principal::Operator,
+            to: Principal::Agent(AgentName::new("bob").unwrap()),
+            body,
+            in_reply_to: None,
+            question_id: None,
+            options: Vec::new(),
+            multi: false,
+            sent_at: 1,
+            acked_at: None,
+        }
+    }
+
+    fn ids(msgs: &[Message]) -> Vec<u64> {
+        msgs.iter().map(|m| m.id).collect()
+    }
+
+    #[test]
+    fn the_largest_message_the_core_accepts_fits_in_one_recv_reply() {
+        // Every byte a control character, so JSON writes each as `\u0001`.
+        let worst = |n: usize| "\u{1}".repeat(n);
+        let longest_name = AgentName::new(&"a".repeat(31)).unwrap();
+        let m = Message {
+            id: u64::MAX,
+            kind: ItemKind::QuestionCancelled,
+            from: Principal::Agent(longest_name.clone()),
+            to: Principal::Agent(longest_name),
+            body: worst(MAX_BODY),
+            in_reply_to: Some(u64::MAX),
+            question_id: Some(u64::MAX),
+            options: vec![worst(MAX_OPTION); MAX_OPTIONS],
+            multi: true,
+            sent_at: i64::MIN,
+            acked_at: Some(i64::MIN),
+        };
+        let (line, rest) = recv_reply(u64::MAX, vec![m.clone(), m], MAX_RECV);
+        assert!(
+            line.len() <= MAX_RECV_REPLY_BYTES,
+            "{} bytes for one message",
+            line.len()
+        );
+        assert_eq!(rest.len(), 1, "two of them do not fit");
+    }
+
+    #[test]
+    fn a_recv_reply_stops_before_its_byte_cap_and_keeps_order() {
+        // About 400 KiB of JSON each: two fit in a reply, three do not.
+        let big = |id| message(id, "\u{1}".repeat(MAX_BODY));
+        let msgs: Vec<Message> = (1..=5).map(big).collect();
+        let (line, rest) = recv_reply(9, msgs, MAX_RECV);
+        assert!(line.len() <= MAX_RECV_REPLY_BYTES, "{}", line.len());
+        let reply: ResponseLine = serde_json::from_str(&line).unwrap();
+        let got: RecvResult = serde_json::from_value(reply.result.unwrap()).unwrap();
+        assert_eq!(ids(&got.messages), [1, 2]);
+        assert_eq!(ids(&rest), [3, 4, 5]);
+
+        // `max` still counts when the bytes would allow more.
+        let small: Vec<Message> = (1..=5).map(|id| message(id, "hi".into())).collect();
+        let (_, rest) = recv_reply(9, small, 3);
+        assert_eq!(ids(&rest), [4, 5]);
+    }
+
+    #[test]
+    fn a_recv_reply_carries_one_message_even_when_it_alone_is_over_the_cap() {
+        let huge = message(1, "x".repeat(MAX_RECV_REPLY_BYTES + 1));
+        let (line, rest) = recv_reply(9, vec![huge, message(2, "hi".into())], MAX_RECV);
+        assert!(line.len() > MAX_RECV_REPLY_BYTES);
+        assert!(
+            line.contains("\"id\":1,"),
+            "the first message is in the reply"
+        );
+        assert_eq!(ids(&rest), [2]);
+        // And an empty page is an empty reply.
+        let (line, rest) = recv_reply(9, Vec::new(), MAX_RECV);
+        assert_eq!(line, r#"{"id":9,"ok":true,"result":{"messages":[]}}"#);
+        assert!(rest.is_empty());
     }
 }

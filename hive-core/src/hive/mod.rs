@@ -13,6 +13,8 @@ mod state_files;
 #[cfg(test)]
 mod tests;
 
+pub use agent_verbs::MAX_OPTION;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -120,6 +122,16 @@ pub trait RuntimeControl: Send + Sync + 'static {
     fn run_state(&self, agent: &AgentName) -> RunState;
 }
 
+/// What [`Hive::events_after`] found for a resuming subscriber.
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventsAfter {
+    /// Stored events after `since`, oldest first; empty when there are none.
+    Events(Vec<EventRecord>),
+    /// Events after `since` are gone: the oldest kept one is
+    /// `resume_from + 1`. Sent on as `ServerFrame::Lagged { resume_from }`.
+    Pruned { resume_from: u64 },
+}
+
 /// The running hive: cheap to clone, shared by every socket task.
 #[derive(Clone)]
 pub struct Hive {
@@ -214,6 +226,38 @@ impl Hive {
     /// none). Subscribers resuming from before it get `Lagged`.
     pub async fn first_event_seq(&self) -> Result<Option<u64>, Refusal> {
         Ok(self.inner.store.read(|r| r.first_event_seq()).await?)
+    }
+
+    /// The next page for a subscriber that has seen every event up to
+    /// `since`: the stored events with `seq > since`, oldest first, or
+    /// [`EventsAfter::Pruned`] when some of the events it still needs are
+    /// no longer kept.
+    ///
+    /// The page is read first and the oldest kept `seq` only when the page
+    /// does not start at `since + 1`: `seq` is never reused and only pruning
+    /// deletes events, so a hole right after `since` whose events are older
+    /// than the oldest kept one means they were pruned. Reading in this order
+    /// means a prune that races with the read is caught either way, never
+    /// skipped over in silence.
+    pub async fn events_after(&self, since: u64, limit: u32) -> Result<EventsAfter, Refusal> {
+        Ok(self
+            .inner
+            .store
+            .read(move |r| {
+                let page = r.events_since(since, limit)?;
+                let wanted = since.saturating_add(1);
+                if page.first().is_some_and(|e| e.seq > wanted) {
+                    if let Some(first) = r.first_event_seq()? {
+                        if first > wanted {
+                            return Ok(EventsAfter::Pruned {
+                                resume_from: first - 1,
+                            });
+                        }
+                    }
+                }
+                Ok(EventsAfter::Events(page))
+            })
+            .await?)
     }
 
     /// Installs the container runtime. Only the first call takes effect.

@@ -275,3 +275,156 @@ async fn a_recv_page_larger_than_max_continues_as_pushes_in_order() {
     let want: Vec<String> = (0..25).map(|i| i.to_string()).collect();
     assert_eq!(bodies, want);
 }
+
+/// A raw agent connection that also reports each line's length in bytes.
+struct SizedLines {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl SizedLines {
+    async fn connect(path: &std::path::Path) -> Self {
+        let (r, w) = UnixStream::connect(path).await.unwrap().into_split();
+        Self {
+            reader: BufReader::new(r),
+            writer: w,
+        }
+    }
+
+    async fn write(&mut self, v: serde_json::Value) {
+        let mut line = serde_json::to_vec(&v).unwrap();
+        line.push(b'\n');
+        self.writer.write_all(&line).await.unwrap();
+    }
+
+    /// The next line and its length (newline excluded).
+    async fn next(&mut self) -> (usize, serde_json::Value) {
+        let mut line = String::new();
+        let n = tokio::time::timeout(
+            crate::common::REPLY_TIMEOUT,
+            self.reader.read_line(&mut line),
+        )
+        .await
+        .expect("a line in time")
+        .expect("read");
+        assert!(n > 0, "the core closed the connection");
+        let line = line.trim_end_matches('\n');
+        (line.len(), serde_json::from_str(line).expect("json line"))
+    }
+
+    /// Sends `recv` as request `id`, then reads lines until `want` messages
+    /// have arrived (the reply's, then pushes). Returns the reply's size and
+    /// message count, and every message id and body in arrival order.
+    async fn recv_all(
+        &mut self,
+        id: u64,
+        wait_ms: u64,
+        want: usize,
+        before_reply: impl std::future::Future,
+    ) -> (usize, usize, Vec<(u64, String)>) {
+        self.write(json!({"id": id, "op": "recv", "wait_ms": wait_ms, "max": 1000}))
+            .await;
+        before_reply.await;
+        let (len, reply) = self.next().await;
+        assert_eq!(reply["id"], json!(id), "the reply comes first: {reply}");
+        let page = reply["result"]["messages"].as_array().expect("messages");
+        let in_reply = page.len();
+        let mut got: Vec<(u64, String)> = page.iter().map(id_body).collect();
+        while got.len() < want {
+            let (_, push) = self.next().await;
+            assert_eq!(push["event"], "message", "{push}");
+            got.push(id_body(&push["message"]));
+        }
+        (len, in_reply, got)
+    }
+}
+
+fn id_body(m: &serde_json::Value) -> (u64, String) {
+    (
+        m["id"].as_u64().expect("id"),
+        m["body"].as_str().expect("body").to_owned(),
+    )
+}
+
+/// A body of `MAX_BODY` bytes starting with `i`: every third one made of
+/// control characters, which JSON writes six bytes each (~390 KiB), the
+/// others plain (64 KiB).
+fn big_body(i: usize) -> String {
+    let fill = if i.is_multiple_of(3) { "\u{1}" } else { "x" };
+    let head = format!("{i:03}:");
+    let tail = fill.repeat(hive_proto::agent::MAX_BODY - head.len());
+    head + &tail
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recv_reply_stays_under_its_byte_cap_and_the_rest_follow_in_order_once() {
+    use hive_proto::agent::MAX_RECV_REPLY_BYTES;
+    use hive_proto::operator::{AdminRequest, OperatorRequest};
+    use hive_proto::AgentName;
+
+    const N: usize = 36;
+    let mut hive = TestHive::new(&["bob"]);
+    hive.start();
+    let admin = hive.admin().await;
+    let bob_name = AgentName::new("bob").unwrap();
+    let send = |i: usize| {
+        let admin = admin.clone();
+        let to = bob_name.clone();
+        async move {
+            admin
+                .call(AdminRequest::Operator(OperatorRequest::SendMessage {
+                    to,
+                    body: big_body(i),
+                }))
+                .await
+                .unwrap_or_else(|e| panic!("send {i}: {e}"));
+        }
+    };
+    for i in 0..N {
+        send(i).await;
+    }
+    let sent: Vec<String> = (0..N).map(big_body).collect();
+    // About 8 MiB in all: without the cap, one reply line.
+    let total: usize = sent
+        .iter()
+        .map(|b| serde_json::to_string(b).unwrap().len())
+        .sum();
+    assert!(total > 4 * MAX_RECV_REPLY_BYTES, "{total}");
+
+    // Each connection gets every unacknowledged message exactly once, in
+    // order: the reply holds what fits, pushes carry the rest.
+    for _ in 0..2 {
+        let mut bob = SizedLines::connect(&hive.agent_socket("bob")).await;
+        let (len, in_reply, got) = bob.recv_all(1, 0, N, async {}).await;
+        assert!(len <= MAX_RECV_REPLY_BYTES, "a {len}-byte recv reply");
+        assert!(
+            (1..N).contains(&in_reply),
+            "{in_reply} messages in the reply"
+        );
+        let bodies: Vec<&String> = got.iter().map(|(_, b)| b).collect();
+        assert_eq!(bodies, sent.iter().collect::<Vec<_>>(), "in order, once");
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    }
+
+    // A recv that waits is answered from the live inbox, under the same cap:
+    // acknowledge everything, wait, and let a burst of sends arrive at once.
+    let mut bob = SizedLines::connect(&hive.agent_socket("bob")).await;
+    let (_, _, old) = bob.recv_all(1, 0, N, async {}).await;
+    for (k, (id, _)) in old.iter().enumerate() {
+        bob.write(json!({"id": 100 + k, "op": "ack", "msg_id": id}))
+            .await;
+        let (_, r) = bob.next().await;
+        assert_eq!(r["ok"], json!(true), "{r}");
+    }
+    drop(bob);
+    let mut bob = SizedLines::connect(&hive.agent_socket("bob")).await;
+    let burst = futures::future::join_all((N..2 * N).map(send));
+    let (len, in_reply, got) = bob.recv_all(1, 60_000, N, burst).await;
+    assert!(len <= MAX_RECV_REPLY_BYTES, "a {len}-byte recv reply");
+    eprintln!("the waiting recv's reply held {in_reply} of the burst's {N} messages ({len} bytes)");
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    let mut bodies: Vec<String> = got.into_iter().map(|(_, b)| b).collect();
+    bodies.sort();
+    let want: Vec<String> = (N..2 * N).map(big_body).collect();
+    assert_eq!(bodies, want, "every message of the burst, once");
+}

@@ -305,3 +305,130 @@ async fn an_event_stream_replays_after_since_then_follows_live() {
     assert_eq!(next_status(&mut resumed).await.1, "two");
     assert_eq!(next_status(&mut resumed).await.1, "three");
 }
+
+async fn last_event_seq(hive: &TestHive) -> u64 {
+    match hive.operator(OperatorRequest::Health).await {
+        OperatorResponse::Health(h) => h.last_event_seq,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The next frame of a raw operator connection, in time.
+async fn next_frame(
+    framed: &mut Framed<tokio::net::UnixStream, FrameCodec<ServerFrame, ClientFrame<AdminRequest>>>,
+) -> ServerFrame {
+    tokio::time::timeout(Duration::from_secs(10), framed.next())
+        .await
+        .expect("a frame in time")
+        .expect("connection open")
+        .expect("a frame that decodes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_resuming_from_pruned_events_is_told_lagged_then_resumes_at_the_oldest_kept() {
+    let mut hive = TestHive::new(&["alice"]);
+    hive.start();
+    let mut alice = LineConn::connect(&hive.agent_socket("alice"))
+        .await
+        .unwrap();
+    for i in 0..10 {
+        alice
+            .request("status", json!({"text": format!("s{i}")}))
+            .await;
+    }
+    drop(alice);
+    let last = last_event_seq(&hive).await;
+    assert!(last >= 10, "{last}");
+    let status = hive.stop();
+    assert!(status.success(), "{status:?}");
+    {
+        // The scheduler's prune (`prune_events(EVENT_RETENTION)`, 100,000
+        // events, at start and every 10 minutes), with a retention of 3: a
+        // test cannot commit 100,000 events in reasonable time.
+        let db = rusqlite::Connection::open(hive.db_path()).unwrap();
+        let pruned = db
+            .execute(
+                "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - 3",
+                [],
+            )
+            .unwrap();
+        assert_eq!(pruned as u64, last - 3);
+    }
+    hive.start();
+    let first_kept = last - 2;
+
+    // From before the oldest kept event: Lagged, naming what is gone.
+    let mut stream = subscribe(hive.admin_socket(), 0).await.unwrap();
+    let item = tokio::time::timeout(Duration::from_secs(10), stream.next_item())
+        .await
+        .expect("an item in time");
+    assert_eq!(
+        item.expect("an item").expect("no error"),
+        Streamed::Lagged {
+            resume_from: first_kept - 1
+        }
+    );
+
+    // Resubscribing from there (as hive-web and hivectl do) is the three
+    // kept events, then live ones, with no second Lagged.
+    let mut resumed = subscribe(hive.admin_socket(), first_kept - 1)
+        .await
+        .unwrap();
+    for want in ["s7", "s8", "s9"] {
+        assert_eq!(next_status(&mut resumed).await.1, want);
+    }
+
+    // On the wire, Lagged is the subscription's last frame: the core sends
+    // nothing more under its id, even when new events commit.
+    let stream = tokio::net::UnixStream::connect(hive.admin_socket())
+        .await
+        .unwrap();
+    let mut framed = Framed::new(
+        stream,
+        FrameCodec::<ServerFrame, ClientFrame<AdminRequest>>::new(),
+    );
+    framed
+        .send(ClientFrame::Hello(Hello {
+            version: PROTO_VERSION,
+            client: "test".into(),
+        }))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_frame(&mut framed).await,
+        ServerFrame::Hello(HelloReply::Welcome { .. })
+    ));
+    framed
+        .send(ClientFrame::Subscribe { id: 5, since: 1 })
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut framed).await,
+        ServerFrame::Lagged {
+            id: 5,
+            resume_from: first_kept - 1
+        }
+    );
+    // A second subscription on the same connection, from the newest event,
+    // sees the next one; had the first carried on, it would have sent its
+    // three kept events and that one too.
+    framed
+        .send(ClientFrame::Subscribe { id: 6, since: last })
+        .await
+        .unwrap();
+    let mut alice = LineConn::connect(&hive.agent_socket("alice"))
+        .await
+        .unwrap();
+    alice.request("status", json!({"text": "after"})).await;
+    loop {
+        match next_frame(&mut framed).await {
+            ServerFrame::Event { id: 6, record } => {
+                assert!(record.seq > last);
+                if matches!(record.event, Event::AgentStatus { ref text, .. } if text == "after") {
+                    break;
+                }
+            }
+            other => panic!("after Lagged, only the second subscription speaks: {other:?}"),
+        }
+    }
+}

@@ -49,13 +49,16 @@ pub const MAX_QUEUED_LINES: usize = 4096;
 /// Longest line this client accepts from the core, newline excluded.
 ///
 /// [`MAX_LINE`] bounds what an agent may send; what the core sends back can
-/// be far longer: one `recv` reply carries up to [`MAX_RECV`] messages of up
-/// to [`MAX_BODY`] bytes each (more once JSON escapes them). So replies are
-/// read with this larger limit, and a line over it closes the connection.
+/// be longer: a `recv` reply up to [`MAX_RECV_REPLY_BYTES`], and other
+/// results (`loose_ends` lists every open question, each up to
+/// [`MAX_BODY`] bytes before JSON escapes them) have no cap of their own.
+/// So replies are read with this larger limit, and a line over it closes the
+/// connection.
 ///
-/// [`MAX_RECV`]: crate::agent::MAX_RECV
+/// [`MAX_RECV_REPLY_BYTES`]: crate::agent::MAX_RECV_REPLY_BYTES
 /// [`MAX_BODY`]: crate::agent::MAX_BODY
 pub const MAX_SERVER_LINE: usize = 64 * 1024 * 1024;
+const _: () = assert!(MAX_SERVER_LINE >= crate::agent::MAX_RECV_REPLY_BYTES);
 
 /// What the core answered to one request: its `result`, or its `error`.
 type Reply = Result<serde_json::Value, ErrorBody>;

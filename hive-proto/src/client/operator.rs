@@ -196,9 +196,10 @@ impl<R> OperatorClient<R> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Streamed {
     Event(EventRecord),
-    /// The core could not keep up with this stream, or `since` is older than
-    /// what it keeps. The stream ends here: reload state, then subscribe
-    /// again from `resume_from`.
+    /// Events this stream needed were pruned from the core's store (`since`
+    /// is older than what it keeps, or this stream fell that far behind).
+    /// The stream ends here: reload state, then subscribe again from
+    /// `resume_from`.
     Lagged {
         resume_from: u64,
     },
