@@ -92,6 +92,14 @@ impl StoreError {
     }
 }
 
+/// A `u64` from a peer (an id, a sequence number, a bound) as SQLite's
+/// `INTEGER`, saturating instead of wrapping: `2^63` and above become
+/// `i64::MAX`, which no row reaches, so `seq > x` finds nothing, `id = x`
+/// finds nothing and `id < x` finds everything — what the caller meant.
+fn sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
 type Boxed = Box<dyn Any + Send>;
 type WriteFn = Box<dyn FnOnce(&mut Tx<'_>) -> Result<Boxed, StoreError> + Send>;
 
@@ -384,6 +392,28 @@ mod tests {
     fn in_main_file(path: &Path, needle: &str) -> bool {
         let bytes = std::fs::read(path).unwrap();
         bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_bound_over_i64_max_saturates_instead_of_wrapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("hive.db"), Arc::new(Hub::new())).unwrap();
+        let alice = AgentName::new("alice").unwrap();
+        store
+            .write(move |tx| {
+                tx.event(hive_proto::event::Event::AgentStatus {
+                    agent: alice,
+                    text: "up".into(),
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.events_since(0, 10).await.unwrap().len(), 1);
+        // Wrapped, 2^63 would be negative and every event would be "after" it.
+        for since in [1u64 << 63, u64::MAX] {
+            assert!(store.events_since(since, 10).await.unwrap().is_empty());
+        }
+        store.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,7 +8,7 @@ use hive_proto::{AgentName, Principal};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::audit::{self, AuditReport};
-use super::StoreError;
+use super::{sql_int, StoreError};
 
 /// An agent's stored row, before the live parts (connections) are added.
 #[derive(Clone, Debug)]
@@ -44,7 +44,7 @@ impl<'a> Reader<'a> {
             "SELECT {MESSAGE_COLS} FROM messages
              WHERE recipient = ?1 AND acked_at IS NULL AND id > ?2 ORDER BY id LIMIT ?3"
         ))?;
-        let rows = stmt.query_map(params![who.to_string(), after as i64, max], raw_message)?;
+        let rows = stmt.query_map(params![who.to_string(), sql_int(after), max], raw_message)?;
         rows.map(|r| r?.decode()).collect()
     }
 
@@ -54,7 +54,7 @@ impl<'a> Reader<'a> {
             .conn
             .query_row(
                 &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1 AND recipient = ?2"),
-                params![id as i64, who.to_string()],
+                params![sql_int(id), who.to_string()],
                 raw_message,
             )
             .optional()?;
@@ -72,7 +72,7 @@ impl<'a> Reader<'a> {
             "SELECT {MESSAGE_COLS} FROM messages
              WHERE (recipient = ?1 OR sender = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3"
         ))?;
-        let before = before.map(|b| b as i64).unwrap_or(i64::MAX);
+        let before = before.map(|b| sql_int(b)).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![mailbox.to_string(), before, limit], raw_message)?;
         rows.map(|r| r?.decode()).collect()
     }
@@ -82,7 +82,7 @@ impl<'a> Reader<'a> {
             .conn
             .query_row(
                 &format!("SELECT {QUESTION_COLS} FROM questions WHERE id = ?1"),
-                params![id as i64],
+                params![sql_int(id)],
                 raw_question,
             )
             .optional()?;
@@ -123,7 +123,7 @@ impl<'a> Reader<'a> {
             .conn
             .query_row(
                 "SELECT id, agent, body, due_at FROM reminders WHERE id = ?1 AND state = 'pending'",
-                params![id as i64],
+                params![sql_int(id)],
                 raw_reminder,
             )
             .optional()?;
@@ -199,7 +199,7 @@ impl<'a> Reader<'a> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, at, body FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![since as i64, limit], |r| {
+        let rows = stmt.query_map(params![sql_int(since), limit], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, i64>(1)?,
@@ -242,7 +242,7 @@ impl<'a> Reader<'a> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, at, actor, action, detail, hash FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![since as i64, limit], |r| {
+        let rows = stmt.query_map(params![sql_int(since), limit], |r| {
             Ok(AuditEntry {
                 seq: r.get::<_, i64>(0)? as u64,
                 at: r.get(1)?,

@@ -10,7 +10,7 @@ use hive_proto::{AgentName, Principal};
 use rusqlite::{params, Connection};
 
 use super::read::{question_state_str, Reader};
-use super::{audit, StoreError};
+use super::{audit, sql_int, StoreError};
 use crate::hub::Hub;
 
 /// What a committed transaction announces.
@@ -146,7 +146,7 @@ impl<'a> Tx<'a> {
     pub fn prune_events(&mut self, keep: u64) -> Result<usize, StoreError> {
         Ok(self.conn.execute(
             "DELETE FROM events WHERE seq <= (SELECT MAX(seq) FROM events) - ?1",
-            params![keep as i64],
+            params![sql_int(keep)],
         )?)
     }
 
@@ -171,8 +171,8 @@ impl<'a> Tx<'a> {
                 m.from.to_string(),
                 m.to.to_string(),
                 m.body,
-                m.in_reply_to.map(|v| v as i64),
-                m.question_id.map(|v| v as i64),
+                m.in_reply_to.map(|v| sql_int(v)),
+                m.question_id.map(|v| sql_int(v)),
                 options,
                 m.multi,
                 self.now,
@@ -210,11 +210,11 @@ impl<'a> Tx<'a> {
                 "UPDATE messages SET acked_at = ?1
                  WHERE id = ?2 AND recipient = ?3 AND acked_at IS NULL",
             )?
-            .execute(params![self.now, id as i64, mailbox.to_string()])?;
+            .execute(params![self.now, sql_int(id), mailbox.to_string()])?;
         if changed == 0 {
             let exists: bool = self.conn.query_row(
                 "SELECT EXISTS(SELECT 1 FROM messages WHERE id = ?1 AND recipient = ?2)",
-                params![id as i64, mailbox.to_string()],
+                params![sql_int(id), mailbox.to_string()],
                 |r| r.get(0),
             )?;
             if !exists {
@@ -298,7 +298,7 @@ impl<'a> Tx<'a> {
                 answer.map(|a| a.0),
                 answer.map(|a| a.1.to_string()),
                 answer.map(|_| self.now),
-                id as i64
+                sql_int(id)
             ],
         )?;
         if changed == 0 {
@@ -352,7 +352,7 @@ impl<'a> Tx<'a> {
     ) -> Result<(), StoreError> {
         let changed = self.conn.execute(
             "UPDATE reminders SET state = ?1 WHERE id = ?2 AND state = 'pending'",
-            params![if fired { "fired" } else { "cancelled" }, id as i64],
+            params![if fired { "fired" } else { "cancelled" }, sql_int(id)],
         )?;
         if changed == 0 {
             return Err(StoreError::refused(
