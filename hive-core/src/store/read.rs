@@ -72,7 +72,7 @@ impl<'a> Reader<'a> {
             "SELECT {MESSAGE_COLS} FROM messages
              WHERE (recipient = ?1 OR sender = ?1) AND id < ?2 ORDER BY id DESC LIMIT ?3"
         ))?;
-        let before = before.map(|b| sql_int(b)).unwrap_or(i64::MAX);
+        let before = before.map(sql_int).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![mailbox.to_string(), before, limit], raw_message)?;
         rows.map(|r| r?.decode()).collect()
     }
