@@ -32,6 +32,16 @@ pub const MAX_RECV: u32 = 1000;
 /// and [`MAX_OPTIONS`] options of 1 KiB, every byte escaped as `\u00XX`)
 /// is under 600 KiB of JSON, so it fits with room to spare.
 pub const MAX_RECV_REPLY_BYTES: usize = 1024 * 1024;
+/// Most bytes the core holds queued for one agent connection (lines it has
+/// not yet written to the socket, each counted with its newline). A line
+/// that finds no room waits for the peer to read; a peer that does not make
+/// room in time is a slow consumer and its connection is closed. Nothing is
+/// lost by that: what was pushed but not acknowledged stays in the inbox and
+/// is delivered again on the agent's next connection. At least one maximal
+/// `recv` reply fits, and a longer line (a large `loose_ends`) is sent alone.
+pub const MAX_PENDING_OUT_BYTES: usize = 8 * 1024 * 1024;
+// A maximal recv reply and its newline fit.
+const _: () = assert!(MAX_PENDING_OUT_BYTES > MAX_RECV_REPLY_BYTES);
 /// Longest a `recv` may wait, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60 * 60 * 1000;
 

@@ -10,6 +10,17 @@
 //! complete. Every byte to the peer goes through one writer task fed by a
 //! bounded queue, so replies and pushes never interleave inside a line.
 //!
+//! The queue is bounded in lines ([`WRITE_QUEUE`]) and in bytes
+//! ([`MAX_PENDING_OUT_BYTES`]): each queued line holds one semaphore permit
+//! per byte (its newline included) until the writer has written it. A line
+//! that finds no room waits, which stops this connection reading requests
+//! and pulling messages; if no room comes within [`SLOW_CONSUMER_TIMEOUT`]
+//! the peer is a slow consumer and the connection is closed at once. That
+//! loses nothing: delivery is at least once, so the next connection gets
+//! every unacknowledged message again from the store. Other connections,
+//! including the sender of the messages, never wait on this one: the hub's
+//! channel does not block its publisher.
+//!
 //! `recv` is the one transport-specific verb and lives here, as the
 //! [`Delivery`] state: subscribe to the inbox first, then read the backlog
 //! from the store, and from the first `recv` on push every newly committed
@@ -29,20 +40,20 @@ use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt, StreamExt};
 use hive_proto::agent::{
-    self, AgentRequest, ErrorBody, Push, RecvResult, RequestLine, ResponseLine, MAX_RECV,
-    MAX_RECV_REPLY_BYTES, MAX_WAIT_MS,
+    self, AgentRequest, ErrorBody, Push, RecvResult, RequestLine, ResponseLine,
+    MAX_PENDING_OUT_BYTES, MAX_RECV, MAX_RECV_REPLY_BYTES, MAX_WAIT_MS,
 };
 use hive_proto::codec::{DecodeError, LineCodec};
 use hive_proto::view::{ErrorCode, Message};
 use hive_proto::AgentName;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
-use super::{CATCH_UP_PAGE, MAX_IN_FLIGHT, WRITE_QUEUE};
+use super::{CATCH_UP_PAGE, MAX_IN_FLIGHT, SLOW_CONSUMER_TIMEOUT, WRITE_QUEUE};
 use crate::hive::{Hive, Refusal};
 
 /// How long a closing connection waits for its peer to read the last
@@ -51,6 +62,18 @@ pub const WRITER_DRAIN: Duration = Duration::from_secs(5);
 /// Most messages taken from the inbox channel in one go, so one burst
 /// becomes one `recv` reply or one batch of pushes without starving reads.
 const INBOX_BATCH: usize = 256;
+/// Bytes the writer feeds before it flushes: a burst of small replies costs
+/// one syscall, and a large line's bytes are released soon after the socket
+/// takes them.
+const FLUSH_BATCH: usize = 64 * 1024;
+// A line takes at most this many byte permits, and they are counted in u32.
+const _: () = assert!(MAX_PENDING_OUT_BYTES <= u32::MAX as usize);
+
+/// A line on its way to the peer and the queue bytes it holds.
+struct Queued {
+    line: String,
+    bytes: OwnedSemaphorePermit,
+}
 
 /// A connection, before it is served.
 pub(super) struct Connection {
@@ -74,6 +97,7 @@ impl Connection {
         let _counted = self.hive.connection_opened(&self.agent);
         let (rd, wr) = stream.into_split();
         let (out, out_rx) = mpsc::channel(WRITE_QUEUE);
+        let out_bytes = Arc::new(Semaphore::new(MAX_PENDING_OUT_BYTES));
         let mut writer = tokio::spawn(write_lines(
             FramedWrite::new(wr, LineCodec::default()),
             out_rx,
@@ -83,16 +107,23 @@ impl Connection {
             hive: self.hive,
             shutdown: self.shutdown,
             out,
+            out_bytes,
+            slow_consumer: false,
             in_flight: FuturesUnordered::new(),
             reading: true,
             closing: false,
             delivery: Delivery::default(),
         };
         state.run(FramedRead::new(rd, LineCodec::default())).await;
+        let slow_consumer = state.slow_consumer;
         // Dropping the state drops the queue's sender: the writer flushes what
         // is queued and ends, unless the peer stopped reading.
         drop(state);
-        if tokio::time::timeout(WRITER_DRAIN, &mut writer)
+        if slow_consumer {
+            // It stopped reading: nothing queued would get through. Close now.
+            writer.abort();
+            let _ = writer.await;
+        } else if tokio::time::timeout(WRITER_DRAIN, &mut writer)
             .await
             .is_err()
         {
@@ -101,24 +132,38 @@ impl Connection {
     }
 }
 
-/// The one writer: takes lines off the queue, writes as many as are ready,
-/// then flushes once, so a burst of replies costs one syscall, not one each.
+/// The one writer: takes lines off the queue, writes as many as are ready
+/// (up to [`FLUSH_BATCH`] bytes), then flushes once, so a burst of replies
+/// costs one syscall, not one each. A line's queue bytes are released once
+/// the flush after it has handed it to the socket.
 async fn write_lines(
     mut sink: FramedWrite<OwnedWriteHalf, LineCodec>,
-    mut queue: mpsc::Receiver<String>,
+    mut queue: mpsc::Receiver<Queued>,
 ) {
-    while let Some(line) = queue.recv().await {
-        if sink.feed(line).await.is_err() {
-            return;
-        }
-        while let Ok(line) = queue.try_recv() {
+    let mut unflushed = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut next = first;
+        let mut fed = 0;
+        loop {
+            let Queued { line, bytes } = next;
+            fed += line.len() + 1;
             if sink.feed(line).await.is_err() {
                 return;
+            }
+            unflushed.push(bytes);
+            if fed >= FLUSH_BATCH {
+                break;
+            }
+            match queue.try_recv() {
+                Ok(q) => next = q,
+                Err(_) => break,
             }
         }
         if SinkExt::<String>::flush(&mut sink).await.is_err() {
             return;
         }
+        // Written: give their bytes back to the queue.
+        unflushed.clear();
     }
     let _ = SinkExt::<String>::close(&mut sink).await;
 }
@@ -177,7 +222,11 @@ struct State {
     agent: AgentName,
     hive: Hive,
     shutdown: CancellationToken,
-    out: mpsc::Sender<String>,
+    out: mpsc::Sender<Queued>,
+    /// Room left in the write queue, one permit per byte.
+    out_bytes: Arc<Semaphore>,
+    /// The peer let a line wait [`SLOW_CONSUMER_TIMEOUT`] for room.
+    slow_consumer: bool,
     in_flight: FuturesUnordered<BoxFuture<'static, String>>,
     /// Still reading request lines.
     reading: bool,
@@ -235,9 +284,38 @@ impl State {
         }
     }
 
+    /// Queues `line` for the writer, waiting for room in lines and bytes.
+    /// A line longer than [`MAX_PENDING_OUT_BYTES`] takes all of it and goes
+    /// alone. No room within [`SLOW_CONSUMER_TIMEOUT`]: the peer is not
+    /// reading, and the connection ends.
     // `&mut self`, not `&self`: the state is `Send` but not `Sync`.
     async fn send(&mut self, line: String) -> Result<(), Gone> {
-        self.out.send(line).await.map_err(|_| Gone)
+        let bytes = (line.len() + 1).min(MAX_PENDING_OUT_BYTES) as u32;
+        let (out, out_bytes) = (&self.out, &self.out_bytes);
+        let queued = tokio::time::timeout(SLOW_CONSUMER_TIMEOUT, async move {
+            let bytes = Arc::clone(out_bytes)
+                .acquire_many_owned(bytes)
+                .await
+                .map_err(|_| Gone)?;
+            out.send(Queued { line, bytes }).await.map_err(|_| Gone)
+        })
+        .await;
+        match queued {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::warn!(
+                    agent = %self.agent,
+                    queued_bytes = MAX_PENDING_OUT_BYTES - self.out_bytes.available_permits(),
+                    queued_lines = WRITE_QUEUE - self.out.capacity(),
+                    waited = ?SLOW_CONSUMER_TIMEOUT,
+                    "slow consumer: the peer is not reading what is queued for it; \
+                     closing the connection (its unacknowledged messages come again \
+                     on its next connection)"
+                );
+                self.slow_consumer = true;
+                Err(Gone)
+            }
+        }
     }
 
     async fn frame(&mut self, frame: Option<Result<Bytes, DecodeError>>) -> Result<(), Gone> {

@@ -34,8 +34,15 @@ pub const MAX_IN_FLIGHT: usize = 256;
 /// descriptor and a task.
 pub const MAX_AGENT_CONNECTIONS_TOTAL: usize = 4096;
 /// Lines queued for one connection's writer before the connection waits for
-/// the peer to read.
+/// the peer to read; [`hive_proto::agent::MAX_PENDING_OUT_BYTES`] bounds
+/// the same queue in bytes.
 pub const WRITE_QUEUE: usize = 1024;
+/// Longest a line waits for room in a full write queue (in lines or in
+/// bytes) before the connection is closed as a slow consumer. A peer that
+/// reads at all frees room far sooner; one that has stopped reading is
+/// dropped, and what it was pushed but did not acknowledge is delivered
+/// again on its next connection.
+pub const SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Messages read from the store per page when a listener catches up (after a
 /// full `recv` page or after its push channel lagged).
 pub const CATCH_UP_PAGE: u32 = 512;

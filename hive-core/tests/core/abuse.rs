@@ -209,3 +209,153 @@ fn raise_nofile() {
         setrlimit(Resource::RLIMIT_NOFILE, want, hard).unwrap();
     }
 }
+
+/// A message body of `MAX_BODY` bytes that starts with its number.
+fn numbered_body(i: usize) -> String {
+    let head = format!("{i:04}:");
+    let tail = "x".repeat(hive_proto::agent::MAX_BODY - head.len());
+    head + &tail
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_does_not_read_is_closed_and_loses_nothing() {
+    use hive_core::agent_socket::SLOW_CONSUMER_TIMEOUT;
+    use hive_proto::agent::{MAX_BODY, MAX_PENDING_OUT_BYTES};
+    use tokio::io::AsyncReadExt;
+
+    use crate::common::REPLY_TIMEOUT;
+
+    // Twice the queue's byte cap: more than it and any socket buffer hold.
+    let n = 2 * MAX_PENDING_OUT_BYTES / MAX_BODY;
+    let sent: Vec<String> = (0..n).map(numbered_body).collect();
+    let mut hive = TestHive::new(&["alice", "bob", "carol"]);
+    hive.start();
+    let mut carol = LineConn::connect(&hive.agent_socket("carol"))
+        .await
+        .unwrap();
+    carol.request("recv", json!({"wait_ms": 0})).await;
+    let mut alice = LineConn::connect(&hive.agent_socket("alice"))
+        .await
+        .unwrap();
+
+    // bob listens (an empty recv, answered at once), then never reads again.
+    let (r, mut stalled_w) = UnixStream::connect(hive.agent_socket("bob"))
+        .await
+        .unwrap()
+        .into_split();
+    let mut stalled = BufReader::new(r);
+    stalled_w
+        .write_all(b"{\"id\":1,\"op\":\"recv\",\"wait_ms\":0}\n")
+        .await
+        .unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(REPLY_TIMEOUT, stalled.read_line(&mut line))
+        .await
+        .expect("bob's recv is answered")
+        .unwrap();
+    let reply: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["result"]["messages"], json!([]), "{reply}");
+
+    // alice pipelines every send: each is `ok` once committed, however full
+    // bob's connection is.
+    for (i, body) in sent.iter().enumerate() {
+        alice
+            .write_json(&json!({"id": i, "op": "send", "to": "bob", "body": body}))
+            .await
+            .unwrap();
+    }
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let r = alice
+            .next_line()
+            .await
+            .expect("alice's connection stays open");
+        assert_eq!(error_code(&r), None, "{r}");
+        answered.insert(r["id"].as_u64().expect("an id"));
+    }
+    assert_eq!(
+        answered,
+        (0..n as u64).collect(),
+        "every send answered once"
+    );
+    round_trip(&mut alice, &mut carol, "while bob stalls").await;
+
+    // The core gives up on bob's connection once a line has waited
+    // SLOW_CONSUMER_TIMEOUT for room, and says so; bob has not read a byte.
+    let deadline = tokio::time::Instant::now() + SLOW_CONSUMER_TIMEOUT + Duration::from_secs(15);
+    while !hive
+        .log()
+        .lines()
+        .any(|l| l.contains("slow consumer") && l.contains("bob"))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's stalled connection is still open:\n{}",
+            hive.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What the socket still held, then EOF. The last line may be cut short.
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut rest))
+        .await
+        .expect("the stalled connection ends in EOF");
+    let complete = rest.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let early: Vec<String> = rest[..complete]
+        .split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let push: serde_json::Value = serde_json::from_slice(l).expect("a push line");
+            push["message"]["body"]
+                .as_str()
+                .expect("a message")
+                .to_owned()
+        })
+        .collect();
+    eprintln!(
+        "the stalled connection got {} of {n} messages before it was closed",
+        early.len()
+    );
+    assert!(early.len() < n, "the stalled connection got only a few");
+    assert!(
+        early[..] == sent[..early.len()],
+        "what it got came in order"
+    );
+
+    // A new connection gets every message, in order, once.
+    let mut bob = LineConn::connect(&hive.agent_socket("bob")).await.unwrap();
+    let r = bob
+        .request("recv", json!({"wait_ms": 0, "max": 1000}))
+        .await;
+    let mut got: Vec<(u64, String)> = r["result"]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_u64().unwrap(),
+                m["body"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    while got.len() < n {
+        let p = bob.next_push().await;
+        let m = &p["message"];
+        got.push((
+            m["id"].as_u64().unwrap(),
+            m["body"].as_str().unwrap().to_owned(),
+        ));
+    }
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    let bodies: Vec<&String> = got.iter().map(|(_, b)| b).collect();
+    assert!(
+        bodies == sent.iter().collect::<Vec<_>>(),
+        "every message, in order, once"
+    );
+    round_trip(&mut alice, &mut carol, "after").await;
+    assert_eq!(
+        bob.request("whoami", json!({})).await["result"]["name"],
+        "bob",
+        "bob's new connection is served"
+    );
+}
