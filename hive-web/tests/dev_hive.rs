@@ -2,7 +2,8 @@
 //! real `hive-web` binary, and agents speaking on their real sockets.
 //!
 //! - the security properties, each asserting through the core that nothing
-//!   changed;
+//!   changed, including the `Tailscale-User-Login` header from a peer that
+//!   is not loopback (the gateway listens on this machine's own address);
 //! - the inline answer reaching a demo agent, over plain HTTP;
 //! - the fault test: the core stops under page load, pages say "core
 //!   unreachable" and actions get 503, the core returns and `/readyz` is
@@ -163,6 +164,137 @@ async fn against_the_real_core_refused_requests_change_nothing_and_agent_text_is
         .asked
         .iter()
         .any(|q| q.id == asked.question_id && q.answer.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let ip = common::dev::non_loopback_ipv4();
+    if !common::skip_unless(ip.is_some(), "needs an IPv4 address that is not loopback") {
+        return;
+    }
+    let ip = ip.unwrap();
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        no_demo: true,
+        no_web: true,
+    });
+    assert!(hive.wait_for_socket(READY), "core:\n{}", hive.log());
+    let token = hive.token();
+    // Listening on every address, so the same gateway is reached from
+    // loopback and from this machine's own non-loopback address (the
+    // kernel then reports that address as the TCP peer).
+    let web = Gateway::start_on(
+        &hive,
+        "0.0.0.0",
+        &[
+            "--allow-wildcard-bind",
+            "--trust-tailscale-identity",
+            "alice@example.com",
+        ],
+    );
+    web.wait_serving(READY).await;
+    let local = web.http();
+    let remote = Http::new(&format!("http://{ip}:{}", web.port));
+    let ready = common::poll(READY, Duration::from_millis(50), || {
+        let local = local.clone();
+        async move { (local.get("/readyz", &[]).await.ok()?.status == 200).then_some(()) }
+    })
+    .await;
+    assert!(ready.is_some(), "gateway never ready:\n{}", web.log());
+
+    let alice = AgentClient::connect(hive.agent_sock("alice"))
+        .await
+        .unwrap();
+    let asked = alice
+        .ask(
+            Recipient::Operator,
+            "ship it?".to_owned(),
+            AskOptions::default(),
+        )
+        .await
+        .unwrap();
+    let answer = format!("/answer-question/{}", asked.question_id);
+    let questions_before = open_questions(&local, &token).await;
+    assert_eq!(questions_before.len(), 1);
+
+    // A listed login from a peer that is not loopback, or an unlisted one
+    // from loopback: ignored, exactly as if the header were absent.
+    for (http, login) in [
+        (&remote, "alice@example.com"),
+        (&local, "mallory@example.com"),
+    ] {
+        let who = format!("{} {login}", http.base);
+        let r = http
+            .get("/", &[("tailscale-user-login", login)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 303, "{who}: {}", r.body);
+        assert!(r.header("set-cookie").is_none(), "{who}");
+        let r = http
+            .get("/api/agents", &[("tailscale-user-login", login)])
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{who}");
+        let origin = http.origin();
+        let r = http
+            .post_form(
+                &answer,
+                &[
+                    ("tailscale-user-login", login),
+                    ("origin", &origin),
+                    ("sec-fetch-site", "same-origin"),
+                ],
+                &[("answer", "forged")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 303, "{who}: {}", r.body);
+    }
+    assert_eq!(open_questions(&local, &token).await, questions_before);
+
+    // Listed, from loopback (where `tailscale serve` connects from): that
+    // operator, with a session of its own, whose answer reaches alice.
+    let r = local
+        .get(
+            "/agent/alice/",
+            &[("tailscale-user-login", "alice@example.com")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("alice@example.com"));
+    let set_cookie = r.header("set-cookie").expect("a session cookie");
+    assert!(set_cookie.contains("Secure"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap().to_owned();
+    let csrf = csrf_of(&r.body).expect("a form token");
+    let origin = local.origin();
+    let r = local
+        .post_form(
+            &answer,
+            &[
+                ("cookie", &cookie),
+                ("tailscale-user-login", "alice@example.com"),
+                ("origin", &origin),
+            ],
+            &[("csrf", &csrf), ("answer", "yes")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status, 303, "{}", r.body);
+    // alice hears the answer on her own socket, and only this one.
+    let got = alice.recv(30_000, 100).await.unwrap().messages;
+    let answers: Vec<_> = got
+        .iter()
+        .filter(|m| m.question_id == Some(asked.question_id))
+        .collect();
+    assert_eq!(answers.len(), 1, "{got:?}");
+    assert_eq!(answers[0].from, Principal::Operator);
+    assert!(answers[0].body.contains("yes"), "{:?}", answers[0]);
+    assert!(!answers[0].body.contains("forged"));
+    assert!(open_questions(&local, &token).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -294,6 +294,37 @@ impl Drop for DevHive {
     }
 }
 
+/// An IPv4 address of this machine that is not loopback (the source
+/// address of its default route, else the first global address `ip`
+/// lists), for tests that need a TCP peer the gateway must not trust.
+pub fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+    use std::net::{IpAddr, UdpSocket};
+    // connect() on UDP only picks a route and a source address; nothing is
+    // sent.
+    let routed = UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.local_addr())
+        .ok()
+        .and_then(|a| match a.ip() {
+            IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => Some(v4),
+            _ => None,
+        });
+    routed.or_else(|| {
+        let out = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "scope", "global"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)?
+            .split('/')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
 /// A `hive-web` the test started itself (for `--no-web` hives), stopped on
 /// drop.
 pub struct Gateway {
@@ -303,8 +334,15 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Starts `hive-web` for `hive`'s core, as `nobody` when root.
+    /// Starts `hive-web` for `hive`'s core on `127.0.0.1`, as `nobody`
+    /// when root.
     pub fn start(hive: &DevHive, extra: &[&str]) -> Self {
+        Self::start_on(hive, "127.0.0.1", extra)
+    }
+
+    /// Starts `hive-web` for `hive`'s core listening on `ip` (a free port),
+    /// as `nobody` when root.
+    pub fn start_on(hive: &DevHive, ip: &str, extra: &[&str]) -> Self {
         let port = free_port();
         let log = hive.dir.join(format!("web-{port}.log"));
         let file = fs::File::create(&log).expect("web log");
@@ -312,7 +350,7 @@ impl Gateway {
         cmd.arg("--core-socket")
             .arg(hive.web_sock())
             .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("{ip}:{port}"))
             .arg("--tokens-file")
             .arg(hive.web_tokens_file())
             .args(extra);
