@@ -107,3 +107,61 @@ pub async fn serve(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, closing_tx.closed()).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    async fn read_all(s: &mut TcpStream) -> String {
+        let mut buf = Vec::new();
+        // A reset instead of a clean close also ends the connection.
+        let _ = s.read_to_end(&mut buf).await;
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    // Paused time: the runtime jumps to the next timer whenever every task
+    // waits, so the 10 s header timer fires without a 10 s test, and the
+    // elapsed (virtual) time shows which timer closed the connection.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_finishes_its_request_head_is_dropped() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route("/", get(|| async { "served" }));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, router, async {
+            let _ = stop_rx.await;
+        }));
+
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let started = tokio::time::Instant::now();
+
+        // Meanwhile a client that sends a whole request is served.
+        let mut quick = TcpStream::connect(addr).await.unwrap();
+        quick
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_all(&mut quick).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("served"), "{answer}");
+
+        let answer = tokio::time::timeout(HEADER_READ_TIMEOUT * 6, read_all(&mut slow))
+            .await
+            .expect("the slow client was never dropped");
+        assert!(!answer.contains("served"), "{answer}");
+        assert!(
+            started.elapsed() >= HEADER_READ_TIMEOUT,
+            "closed after {:?}, before the header timer",
+            started.elapsed()
+        );
+
+        stop_tx.send(()).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}
