@@ -13,6 +13,8 @@ use crate::Error;
 
 /// Default cap on pending reminders per agent.
 pub const DEFAULT_MAX_REMINDERS: u32 = 64;
+/// Default cap on questions one agent has open at once.
+pub const DEFAULT_MAX_OPEN_QUESTIONS: u32 = 64;
 /// Default cap on simultaneous connections per agent socket.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
 
@@ -38,6 +40,7 @@ pub struct RawAgent {
     /// Agent names, `operator`, or `*` (everyone). Default `["*"]`.
     pub allowed_recipients: Option<Vec<String>>,
     pub max_reminders: Option<u32>,
+    pub max_open_questions: Option<u32>,
     pub max_connections: Option<u32>,
     /// For the `process` runtime: the command that runs the agent.
     pub command: Option<Vec<String>>,
@@ -96,6 +99,7 @@ impl RecipientPolicy {
 pub struct AgentPolicy {
     pub allowed_recipients: RecipientPolicy,
     pub max_reminders: u32,
+    pub max_open_questions: u32,
     pub max_connections: u32,
     pub command: Option<Vec<String>>,
 }
@@ -105,6 +109,7 @@ impl Default for AgentPolicy {
         Self {
             allowed_recipients: RecipientPolicy::everyone(),
             max_reminders: DEFAULT_MAX_REMINDERS,
+            max_open_questions: DEFAULT_MAX_OPEN_QUESTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             command: None,
         }
@@ -233,6 +238,9 @@ fn validate_agent(raw: RawAgent) -> Result<AgentPolicy, String> {
     }
     if let Some(n) = raw.max_reminders {
         policy.max_reminders = n;
+    }
+    if let Some(n) = raw.max_open_questions {
+        policy.max_open_questions = n;
     }
     if let Some(n) = raw.max_connections {
         if n == 0 {

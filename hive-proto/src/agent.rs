@@ -37,8 +37,8 @@ pub const MAX_RECV_REPLY_BYTES: usize = 1024 * 1024;
 /// that finds no room waits for the peer to read; a peer that does not make
 /// room in time is a slow consumer and its connection is closed. Nothing is
 /// lost by that: what was pushed but not acknowledged stays in the inbox and
-/// is delivered again on the agent's next connection. At least one maximal
-/// `recv` reply fits, and a longer line (a large `loose_ends`) is sent alone.
+/// is delivered again on the agent's next connection. Every reply is at
+/// most [`MAX_RECV_REPLY_BYTES`], so at least one always fits.
 pub const MAX_PENDING_OUT_BYTES: usize = 8 * 1024 * 1024;
 // A maximal recv reply and its newline fit.
 const _: () = assert!(MAX_PENDING_OUT_BYTES > MAX_RECV_REPLY_BYTES);
@@ -319,6 +319,11 @@ pub struct LooseEnds {
     /// My pending config proposals (none until the config repo lands).
     pub proposals: Vec<serde_json::Value>,
     pub reminders: Vec<Reminder>,
+    /// Whether the lists were cut short to keep the reply under
+    /// `MAX_RECV_REPLY_BYTES` (each list is a prefix, filled in the order
+    /// above; cancel or answer some and ask again for the rest).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// Result of verbs that only say "done": `ack`, `answer`, `cancel`, `status`.

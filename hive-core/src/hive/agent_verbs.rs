@@ -15,6 +15,7 @@ use hive_proto::view::{ErrorCode, ItemKind, QuestionState};
 use hive_proto::{AgentName, Principal, Recipient};
 use serde::Serialize;
 
+use super::reply_budget::Budget;
 use super::{Hive, Refusal};
 use crate::store::{NewMessage, NewQuestion, StoreError};
 
@@ -95,11 +96,16 @@ impl Hive {
                 let ends = self
                     .store()
                     .read(move |r| {
+                        let mut budget = Budget::agent();
+                        let asked = r.open_questions_by(&who, &mut |q| budget.admit(q))?;
+                        let to_me = r.open_questions_to(&who, &mut |q| budget.admit(q))?;
+                        let reminders = r.pending_reminders(&name, &mut |m| budget.admit(m))?;
                         Ok(LooseEnds {
-                            asked: r.open_questions_by(&who)?,
-                            to_me: r.open_questions_to(&who)?,
+                            asked,
+                            to_me,
                             proposals: Vec::new(),
-                            reminders: r.pending_reminders(&name)?,
+                            reminders,
+                            truncated: budget.truncated(),
                         })
                     })
                     .await?;
@@ -251,12 +257,23 @@ impl Hive {
                 ))
             }
         };
+        let max = self.policy(me).map(|p| p.max_open_questions).unwrap_or(0);
         let me = me.clone();
         let result = self
             .store()
             .write(move |tx| {
                 let expires_at = ttl_s.map(|t| tx.now() + (t as i64) * 1000);
                 let asker = Principal::Agent(me.clone());
+                let open = tx.reader().count_open_questions_by(&asker)?;
+                if open >= u64::from(max) {
+                    return Err(StoreError::refused(
+                        ErrorCode::Limit,
+                        format!(
+                            "you already have {open} open questions (the limit is {max}); \
+                             cancel one or wait for an answer"
+                        ),
+                    ));
+                }
                 let q = tx.insert_question(NewQuestion {
                     asker: asker.clone(),
                     to: addressee.clone(),
@@ -419,8 +436,8 @@ impl Hive {
                         "a reminder may be set at most 366 days ahead",
                     ));
                 }
-                let pending = tx.reader().pending_reminders(&me)?.len() as u32;
-                if pending >= max {
+                let pending = tx.reader().count_pending_reminders(&me)?;
+                if pending >= u64::from(max) {
                     return Err(StoreError::refused(
                         ErrorCode::Limit,
                         format!(

@@ -8,6 +8,7 @@
 
 mod agent_verbs;
 mod operator_verbs;
+pub mod reply_budget;
 mod scheduler;
 mod state_files;
 #[cfg(test)]

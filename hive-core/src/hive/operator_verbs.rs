@@ -8,6 +8,7 @@ use hive_proto::view::{AgentDetail, AgentSummary, ErrorCode, RunState};
 use hive_proto::{AgentName, Principal};
 
 use super::agent_verbs::check_len;
+use super::reply_budget::Budget;
 use super::{state_files, Hive, OperatorId, Refusal};
 use crate::store::{AuditReport, NewMessage};
 
@@ -60,7 +61,10 @@ impl Hive {
             OperatorRequest::Questions => {
                 let qs = self
                     .store()
-                    .read(|r| r.open_questions_to(&Principal::Operator))
+                    .read(|r| {
+                        let mut budget = Budget::operator();
+                        r.open_questions_to(&Principal::Operator, &mut |q| budget.admit(q))
+                    })
                     .await?;
                 Ok(OperatorResponse::Questions(qs))
             }
@@ -99,7 +103,13 @@ impl Hive {
                 let limit = limit.clamp(1, MAX_LIST);
                 let msgs = self
                     .store()
-                    .read(move |r| r.messages(&mailbox, before, limit))
+                    .read(move |r| {
+                        // Newest first: a client pages on with `before` =
+                        // the oldest id it got, so a cut-short page loses
+                        // nothing.
+                        let mut budget = Budget::operator();
+                        r.messages(&mailbox, before, limit, &mut |m| budget.admit(m))
+                    })
                     .await?;
                 Ok(OperatorResponse::Messages(msgs))
             }
@@ -223,10 +233,11 @@ impl Hive {
         let (questions, reminders) = self
             .store()
             .read(move |r| {
-                let mut qs = r.open_questions_by(&who)?;
-                qs.extend(r.open_questions_to(&who)?);
+                let mut budget = Budget::operator();
+                let mut qs = r.open_questions_by(&who, &mut |q| budget.admit(q))?;
+                qs.extend(r.open_questions_to(&who, &mut |q| budget.admit(q))?);
                 qs.sort_by_key(|q| q.id);
-                Ok((qs, r.pending_reminders(&agent)?))
+                Ok((qs, r.pending_reminders(&agent, &mut |m| budget.admit(m))?))
             })
             .await?;
         Ok(AgentDetail {

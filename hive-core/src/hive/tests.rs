@@ -430,3 +430,151 @@ async fn old_events_are_pruned_newest_kept() {
     assert_eq!(h.first_event_seq().await.unwrap(), Some(last - 2));
     assert_eq!(h.events_since(0, 100).await.unwrap().len(), 3);
 }
+
+#[tokio::test]
+async fn open_questions_per_asker_are_bounded_and_a_refused_ask_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "max_open_questions = 2\n").await;
+    let mut ids = Vec::new();
+    for q in ["first?", "second?"] {
+        let r = call(&h, "carol", json!({"op":"ask","to":"alice","question":q}))
+            .await
+            .unwrap();
+        ids.push(r["question_id"].as_u64().unwrap());
+    }
+    let audit_before = h
+        .store()
+        .read(|r| r.audit_since(0, 1000))
+        .await
+        .unwrap()
+        .len();
+    let e = call(
+        &h,
+        "carol",
+        json!({"op":"ask","to":"alice","question":"third?"}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Limit, "{e:?}");
+    assert!(e.message.contains("limit is 2"), "{}", e.message);
+    assert_eq!(
+        h.store()
+            .read(|r| r.audit_since(0, 1000))
+            .await
+            .unwrap()
+            .len(),
+        audit_before,
+        "a refused ask is not audited"
+    );
+    let ends = call(&h, "carol", json!({"op":"loose_ends"})).await.unwrap();
+    assert_eq!(ends["asked"].as_array().unwrap().len(), 2);
+    assert_eq!(ends["truncated"], false);
+    // Another agent's questions do not count against carol.
+    call(
+        &h,
+        "alice",
+        json!({"op":"ask","to":"carol","question":"yours?"}),
+    )
+    .await
+    .unwrap();
+    // Cancelling one makes room again.
+    call(
+        &h,
+        "carol",
+        json!({"op":"cancel","kind":"question","item_id":ids[0]}),
+    )
+    .await
+    .unwrap();
+    call(
+        &h,
+        "carol",
+        json!({"op":"ask","to":"alice","question":"third?"}),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn lists_an_agent_can_grow_stay_under_the_reply_limits_as_prefixes() {
+    use crate::hive::reply_budget::{AGENT_LISTS, OPERATOR_LISTS};
+    let dir = tempfile::tempdir().unwrap();
+    let h = hive(dir.path(), "").await;
+    // 30 questions of 60 KiB each to the operator: 1.8 MB, over both the
+    // 1 MiB frame and the 1 MiB agent reply.
+    let body = "q".repeat(60 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let r = call(
+            &h,
+            "alice",
+            json!({"op":"ask","to":"operator","question":format!("{i} {body}")}),
+        )
+        .await
+        .unwrap();
+        ids.push(r["question_id"].as_u64().unwrap());
+    }
+    let OperatorResponse::Questions(qs) = h
+        .operator_call(&op(), OperatorRequest::Questions)
+        .await
+        .unwrap()
+    else {
+        panic!("not questions")
+    };
+    assert!(qs.len() > 1 && qs.len() < 30, "{}", qs.len());
+    let got: Vec<u64> = qs.iter().map(|q| q.id).collect();
+    assert_eq!(got, ids[..qs.len()], "the oldest, in order, without gaps");
+    let size = postcard::to_stdvec(&qs).unwrap().len();
+    assert!(size <= OPERATOR_LISTS, "{size}");
+
+    let ends = call(&h, "alice", json!({"op":"loose_ends"})).await.unwrap();
+    assert_eq!(ends["truncated"], true);
+    let asked: Vec<u64> = ends["asked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["id"].as_u64().unwrap())
+        .collect();
+    assert!(!asked.is_empty() && asked.len() < 30);
+    assert_eq!(asked, ids[..asked.len()]);
+    let size = serde_json::to_vec(&ends["asked"]).unwrap().len();
+    assert!(size <= AGENT_LISTS, "{size}");
+
+    // Messages page newest first; a short page loses nothing: paging on
+    // from the oldest id received reaches every message once.
+    for i in 0..30 {
+        call(
+            &h,
+            "alice",
+            json!({"op":"send","to":"operator","body":format!("{i} {body}")}),
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let OperatorResponse::Messages(page) = h
+            .operator_call(
+                &op(),
+                OperatorRequest::Messages {
+                    mailbox: Principal::Operator,
+                    before,
+                    limit: 1000,
+                },
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("not messages")
+        };
+        let Some(last) = page.last() else { break };
+        assert!(postcard::to_stdvec(&page).unwrap().len() <= OPERATOR_LISTS);
+        before = Some(last.id);
+        seen.extend(
+            page.iter()
+                .filter(|m| m.kind == ItemKind::Message)
+                .map(|m| m.id),
+        );
+    }
+    assert_eq!(seen.len(), 30, "every message, once");
+}

@@ -265,7 +265,9 @@ impl<E: Endpoint> Server<E> {
                     let out = out.clone();
                     tasks.spawn(async move {
                         let result = E::call(hive, caller, req).await;
-                        let _ = out.send(ServerFrame::Reply { id, result }).await;
+                        let _ = out
+                            .send(fit_in_frame(ServerFrame::Reply { id, result }))
+                            .await;
                         drop(permit);
                     });
                 }
@@ -322,6 +324,35 @@ impl<E: Endpoint> Server<E> {
                 },
             }
         }
+    }
+}
+
+/// A reply too large for one frame would make the writer fail and end the
+/// whole connection (every other call on it too); it becomes a `too_large`
+/// error for that one call instead. The lists an agent can grow are kept
+/// under the limit by `hive::reply_budget`; this is the net under anything
+/// else (a long journal, a future verb).
+fn fit_in_frame(frame: ServerFrame) -> ServerFrame {
+    let size = postcard::serialize_with_flavor(&frame, postcard::ser_flavors::Size::default())
+        .unwrap_or(usize::MAX);
+    if size <= MAX_FRAME {
+        return frame;
+    }
+    match frame {
+        ServerFrame::Reply { id, .. } => {
+            tracing::warn!(id, size, "a reply over the frame limit became an error");
+            ServerFrame::Reply {
+                id,
+                result: Err(RpcError::new(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "the reply would be {size} bytes, over the {MAX_FRAME}-byte frame limit; \
+                         ask for less"
+                    ),
+                )),
+            }
+        }
+        other => other,
     }
 }
 
@@ -391,5 +422,37 @@ mod tests {
         let b = body(ClientFrame::<AdminRequest>::Subscribe { id: 7, since: 0 });
         assert_eq!(frame_call_id(&b), Some(7));
         assert_eq!(frame_call_id(&BytesMut::from(&b"\xff"[..])), None);
+    }
+
+    #[test]
+    fn a_reply_over_the_frame_limit_becomes_a_too_large_error_for_that_call() {
+        let small = ServerFrame::Reply {
+            id: 3,
+            result: Ok(OperatorResponse::Journal(vec!["ok".into()])),
+        };
+        assert_eq!(fit_in_frame(small.clone()), small);
+        let huge = ServerFrame::Reply {
+            id: 4,
+            result: Ok(OperatorResponse::Journal(vec!["x".repeat(MAX_FRAME)])),
+        };
+        match fit_in_frame(huge) {
+            ServerFrame::Reply {
+                id: 4,
+                result: Err(e),
+            } => {
+                assert_eq!(e.code, ErrorCode::TooLarge);
+                assert!(e.message.contains("frame limit"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        // What it answers always encodes.
+        let mut buf = BytesMut::new();
+        let huge = ServerFrame::Reply {
+            id: 5,
+            result: Ok(OperatorResponse::Journal(vec!["x".repeat(MAX_FRAME)])),
+        };
+        FrameCodec::<(), ServerFrame>::new()
+            .encode(fit_in_frame(huge), &mut buf)
+            .unwrap();
     }
 }

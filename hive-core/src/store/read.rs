@@ -62,11 +62,14 @@ impl<'a> Reader<'a> {
     }
 
     /// A mailbox's traffic (sent to it or by it), newest first.
+    /// A mailbox's messages, newest first, at most `limit`, while `admit`
+    /// accepts them (it stops at the first it refuses).
     pub fn messages(
         &self,
         mailbox: &Principal,
         before: Option<u64>,
         limit: u32,
+        admit: &mut dyn FnMut(&Message) -> bool,
     ) -> Result<Vec<Message>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {MESSAGE_COLS} FROM messages
@@ -74,7 +77,7 @@ impl<'a> Reader<'a> {
         ))?;
         let before = before.map(sql_int).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![mailbox.to_string(), before, limit], raw_message)?;
-        rows.map(|r| r?.decode()).collect()
+        take_while_admitted(rows.map(|r| r?.decode()), admit)
     }
 
     pub fn question(&self, id: u64) -> Result<Option<Question>, StoreError> {
@@ -89,22 +92,50 @@ impl<'a> Reader<'a> {
         raw.map(RawQuestion::decode).transpose()
     }
 
-    /// Open questions addressed to `to`, oldest first.
-    pub fn open_questions_to(&self, to: &Principal) -> Result<Vec<Question>, StoreError> {
-        self.questions_where("addressee = ?1 AND state = 'open'", &to.to_string())
+    /// Open questions addressed to `to`, oldest first, while `admit`
+    /// accepts them.
+    pub fn open_questions_to(
+        &self,
+        to: &Principal,
+        admit: &mut dyn FnMut(&Question) -> bool,
+    ) -> Result<Vec<Question>, StoreError> {
+        self.questions_where("addressee = ?1 AND state = 'open'", &to.to_string(), admit)
     }
 
-    /// Open questions asked by `asker`, oldest first.
-    pub fn open_questions_by(&self, asker: &Principal) -> Result<Vec<Question>, StoreError> {
-        self.questions_where("asker = ?1 AND state = 'open'", &asker.to_string())
+    /// Open questions asked by `asker`, oldest first, while `admit` accepts
+    /// them.
+    pub fn open_questions_by(
+        &self,
+        asker: &Principal,
+        admit: &mut dyn FnMut(&Question) -> bool,
+    ) -> Result<Vec<Question>, StoreError> {
+        self.questions_where("asker = ?1 AND state = 'open'", &asker.to_string(), admit)
     }
 
-    fn questions_where(&self, cond: &str, arg: &str) -> Result<Vec<Question>, StoreError> {
+    /// How many questions `asker` has open.
+    pub fn count_open_questions_by(&self, asker: &Principal) -> Result<u64, StoreError> {
+        self.count(
+            "SELECT COUNT(*) FROM questions WHERE asker = ?1 AND state = 'open'",
+            &asker.to_string(),
+        )
+    }
+
+    fn count(&self, sql: &str, arg: &str) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(sql, params![arg], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
+    fn questions_where(
+        &self,
+        cond: &str,
+        arg: &str,
+        admit: &mut dyn FnMut(&Question) -> bool,
+    ) -> Result<Vec<Question>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {QUESTION_COLS} FROM questions WHERE {cond} ORDER BY id"
         ))?;
         let rows = stmt.query_map(params![arg], raw_question)?;
-        rows.map(|r| r?.decode()).collect()
+        take_while_admitted(rows.map(|r| r?.decode()), admit)
     }
 
     /// Open questions whose TTL has passed.
@@ -130,13 +161,27 @@ impl<'a> Reader<'a> {
         raw.map(decode_reminder).transpose()
     }
 
-    pub fn pending_reminders(&self, agent: &AgentName) -> Result<Vec<Reminder>, StoreError> {
+    /// `agent`'s pending reminders, soonest first, while `admit` accepts
+    /// them.
+    pub fn pending_reminders(
+        &self,
+        agent: &AgentName,
+        admit: &mut dyn FnMut(&Reminder) -> bool,
+    ) -> Result<Vec<Reminder>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, agent, body, due_at FROM reminders
              WHERE agent = ?1 AND state = 'pending' ORDER BY due_at, id",
         )?;
         let rows = stmt.query_map(params![agent.as_str()], raw_reminder)?;
-        rows.map(|r| decode_reminder(r?)).collect()
+        take_while_admitted(rows.map(|r| decode_reminder(r?)), admit)
+    }
+
+    /// How many reminders `agent` has pending.
+    pub fn count_pending_reminders(&self, agent: &AgentName) -> Result<u64, StoreError> {
+        self.count(
+            "SELECT COUNT(*) FROM reminders WHERE agent = ?1 AND state = 'pending'",
+            agent.as_str(),
+        )
     }
 
     pub fn due_reminders(&self, now: i64) -> Result<Vec<Reminder>, StoreError> {
@@ -403,4 +448,20 @@ fn decode_reminder((id, agent, body, due_at): RawReminder) -> Result<Reminder, S
         body,
         due_at,
     })
+}
+
+/// Collects rows until `admit` refuses one; the rest are never decoded.
+fn take_while_admitted<T>(
+    rows: impl Iterator<Item = Result<T, StoreError>>,
+    admit: &mut dyn FnMut(&T) -> bool,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in rows {
+        let row = row?;
+        if !admit(&row) {
+            break;
+        }
+        out.push(row);
+    }
+    Ok(out)
 }

@@ -49,14 +49,11 @@ pub const MAX_QUEUED_LINES: usize = 4096;
 /// Longest line this client accepts from the core, newline excluded.
 ///
 /// [`MAX_LINE`] bounds what an agent may send; what the core sends back can
-/// be longer: a `recv` reply up to [`MAX_RECV_REPLY_BYTES`], and other
-/// results (`loose_ends` lists every open question, each up to
-/// [`MAX_BODY`] bytes before JSON escapes them) have no cap of their own.
-/// So replies are read with this larger limit, and a line over it closes the
-/// connection.
+/// be longer: a `recv` or `loose_ends` reply up to [`MAX_RECV_REPLY_BYTES`].
+/// This limit keeps a wide margin over that (a core of a later version may
+/// send more), and a line over it closes the connection.
 ///
 /// [`MAX_RECV_REPLY_BYTES`]: crate::agent::MAX_RECV_REPLY_BYTES
-/// [`MAX_BODY`]: crate::agent::MAX_BODY
 pub const MAX_SERVER_LINE: usize = 64 * 1024 * 1024;
 const _: () = assert!(MAX_SERVER_LINE >= crate::agent::MAX_RECV_REPLY_BYTES);
 
