@@ -298,6 +298,59 @@ async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_o
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_agent_asking_many_large_questions_cannot_break_the_operators_pages() {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        no_demo: true,
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    let token = hive.token();
+    let http = hive.http();
+    let alice = AgentClient::connect(hive.agent_sock("alice"))
+        .await
+        .unwrap();
+    // 40 questions of 60 KiB and 40 messages of 60 KiB: 2.4 MB each, more
+    // than a 1 MiB frame can carry in one reply.
+    let filler = "z".repeat(60 * 1024);
+    for i in 0..40 {
+        alice
+            .ask(
+                Recipient::Operator,
+                format!("question {i} {filler}"),
+                AskOptions::default(),
+            )
+            .await
+            .unwrap();
+        alice
+            .send(Recipient::Operator, format!("message {i} {filler}"), None)
+            .await
+            .unwrap();
+    }
+    let cookie = http.login(&token).await.unwrap();
+    for page in ["/", "/agent/alice/"] {
+        let r = http.get(page, &[("cookie", &cookie)]).await.unwrap();
+        assert_eq!(r.status, 200, "{page}");
+        assert!(
+            !r.body.contains("data-core-down"),
+            "{page}: core unreachable"
+        );
+        assert!(
+            r.body.contains("question 0 "),
+            "{page}: the oldest is shown"
+        );
+    }
+    let questions = open_questions(&http, &token).await;
+    assert!(!questions.is_empty() && questions.len() < 40);
+    // The gateway's connection to the core was never dropped.
+    let r = http.get("/readyz", &[]).await.unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_inline_answer_reaches_the_demo_agent_on_its_socket() {
     if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
         return;
