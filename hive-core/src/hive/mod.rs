@@ -129,7 +129,9 @@ pub enum EventsAfter {
     /// Stored events after `since`, oldest first; empty when there are none.
     Events(Vec<EventRecord>),
     /// Events after `since` are gone: the oldest kept one is
-    /// `resume_from + 1`. Sent on as `ServerFrame::Lagged { resume_from }`.
+    /// `resume_from + 1`. Or `since` is past the newest event this store
+    /// has (`resume_from`): the client counted in another store. Either way
+    /// sent on as `ServerFrame::Lagged { resume_from }`: reload, resume.
     Pruned { resume_from: u64 },
 }
 
@@ -246,6 +248,18 @@ impl Hive {
             .store
             .read(move |r| {
                 let page = r.events_since(since, limit)?;
+                if page.is_empty() {
+                    // `since` ahead of the newest event: the client's
+                    // numbers come from another store (restored or
+                    // replaced). Following on would skip every event up
+                    // to `since` in silence; it must reload instead.
+                    let newest = r.last_event_seq()?;
+                    if since > newest {
+                        return Ok(EventsAfter::Pruned {
+                            resume_from: newest,
+                        });
+                    }
+                }
                 let wanted = since.saturating_add(1);
                 if page.first().is_some_and(|e| e.seq > wanted) {
                     if let Some(first) = r.first_event_seq()? {

@@ -242,4 +242,34 @@ mod tests {
         assert_eq!(next_frame(&mut rx).await, None);
         task.await.unwrap();
     }
+
+    #[tokio::test]
+    async fn a_subscriber_ahead_of_the_store_is_told_lagged_at_the_newest_instead_of_skipping() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = hive(dir.path()).await;
+        let newest = commit_events(&h, 5).await;
+        // A gateway that counted to 1,000 in a store since replaced.
+        let (out, mut rx) = mpsc::channel(16);
+        let task =
+            tokio::spawn(EventStream::new(h.clone(), 9, out).run(1000, CancellationToken::new()));
+        match next_frame(&mut rx).await {
+            Some(ServerFrame::Lagged { id: 9, resume_from }) => assert_eq!(resume_from, newest),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(next_frame(&mut rx).await, None);
+        task.await.unwrap();
+        // At the newest itself, it simply follows.
+        let (out, mut rx) = mpsc::channel(16);
+        let task = tokio::spawn(
+            EventStream::new(h.clone(), 10, out).run(newest, CancellationToken::new()),
+        );
+        // Whether the event commits before or after the stream subscribes,
+        // the backlog or the live channel brings it.
+        commit_events(&h, 1).await;
+        match next_frame(&mut rx).await {
+            Some(ServerFrame::Event { id: 10, record }) => assert_eq!(record.seq, newest + 1),
+            other => panic!("{other:?}"),
+        }
+        task.abort();
+    }
 }
