@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod client;
 pub mod codec;
+pub mod command_line;
 pub mod event;
 pub mod name;
 pub mod operator;

@@ -114,7 +114,9 @@ fn write_section(path: &Path, section: &str) {
                 .find("\n## ")
                 .map(|i| s + 1 + i + 1)
                 .unwrap_or(old.len());
-            format!("{}{}{}", &old[..s], section, &old[end..])
+            // A blank line before the next heading, as markdown wants.
+            let gap = if end < old.len() { "\n" } else { "" };
+            format!("{}{}{gap}{}", &old[..s], section, &old[end..])
         }
         None => format!(
             "{}\n{}",
@@ -248,7 +250,7 @@ async fn main() {
          Reproduce: `cargo bench -p hive-web --bench dashboard` (it builds the release\n\
          binaries, starts the hive, logs in and runs\n\
          `{command}`; knobs `HIVE_BENCH_AGENTS`, `HIVE_BENCH_CONNECTIONS`,\n\
-         `HIVE_BENCH_SECONDS`). {errors}\n",
+         `HIVE_BENCH_SECONDS`).{errors}\n",
         rps = r.requests_per_sec,
         rps_ok = verdict(r.requests_per_sec >= 2000.0),
         p50 = r.p50,
@@ -275,7 +277,7 @@ async fn main() {
         errors = if r.errors.is_empty() {
             String::new()
         } else {
-            format!("wrk: {}.", r.errors)
+            format!(" wrk: {}.", r.errors)
         },
     );
     println!("{section}");

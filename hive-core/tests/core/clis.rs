@@ -714,6 +714,22 @@ async fn the_clis_fail_with_one_line_and_exit_1_on_a_bad_name_an_unknown_agent_o
     );
     let err = c.run(c.ctl(&["send", "Alice", "hi"])).await.failed();
     assert!(err.contains("Alice"), "{err}");
+    let err = c
+        .run(c.agent("alice", &["send", "../x", "hi"]))
+        .await
+        .failed();
+    assert!(
+        err.starts_with("hive-agent: ") && err.contains("../x"),
+        "{err}"
+    );
+    let err = c
+        .run(c.agent("alice", &["remind", "soon", "x"]))
+        .await
+        .failed();
+    assert!(
+        err.starts_with("hive-agent: ") && err.contains("soon"),
+        "{err}"
+    );
     // Refused by the core.
     let err = c.run(c.ctl(&["status", "carol"])).await.failed();
     assert!(err.contains("not_found") && err.contains("carol"), "{err}");

@@ -113,7 +113,10 @@ enum Cmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match hive_proto::command_line::parse_or_one_line::<Cli>("hive-agent") {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         // A closed pipe (`hive-agent recv --follow | head`) is the

@@ -20,6 +20,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use hive_proto::client::operator::{subscribe_as, OperatorClient, Streamed};
 use hive_proto::client::ClientError;
+use hive_proto::command_line;
 use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
 use hive_proto::{AgentName, Principal};
 use serde::Serialize;
@@ -107,7 +108,7 @@ enum AuditCmd {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = match parse_args() {
+    let cli = match command_line::parse_or_one_line::<Cli>("hivectl") {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -122,39 +123,6 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Parses argv. A bad command line (a bad agent name, a missing argument)
-/// is a failure like any other: one line on stderr and exit code 1, where
-/// clap alone would print usage lines and exit 2. `--help`, `--version` and
-/// a bare `hivectl` still print what clap prints.
-fn parse_args() -> Result<Cli, ExitCode> {
-    Cli::try_parse().map_err(|e| {
-        use clap::error::ErrorKind;
-        if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-            e.exit();
-        }
-        eprintln!("hivectl: {}", usage_error(&e.to_string()));
-        ExitCode::FAILURE
-    })
-}
-
-/// clap's message for a bad command line on one line: without its `error: `
-/// prefix, its usage and its `--help` tip.
-fn usage_error(rendered: &str) -> String {
-    let text = rendered.trim_start_matches("error: ");
-    let text = text.split("\n\nUsage:").next().unwrap_or(text);
-    let text = text
-        .split("\n\nFor more information")
-        .next()
-        .unwrap_or(text);
-    let text = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    format!("{} (see hivectl --help)", render::clean(&text))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -415,23 +383,6 @@ mod tests {
                 ..
             }
         ));
-    }
-
-    #[test]
-    fn a_bad_command_line_is_reported_on_one_line() {
-        for argv in [
-            &["hivectl", "status", "../etc"][..],
-            &["hivectl", "status"][..],
-        ] {
-            let e = Cli::try_parse_from(argv).err().expect("refused");
-            let line = usage_error(&e.to_string());
-            assert!(!line.contains('\n') && !line.starts_with("error"), "{line}");
-            assert!(!line.contains("Usage"), "{line}");
-        }
-        let e = Cli::try_parse_from(["hivectl", "status", "../etc"])
-            .err()
-            .unwrap();
-        assert!(usage_error(&e.to_string()).contains("'../etc'"));
     }
 
     #[test]

@@ -78,16 +78,7 @@ impl Table {
 /// (newline and escape included) and bidirectional overrides are shown as
 /// escapes instead of acting on the terminal.
 pub fn clean(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-        if c.is_control() || bidi {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    hive_proto::command_line::escape_controls(s)
 }
 
 fn cut(s: &str, max: usize) -> String {
