@@ -171,11 +171,15 @@ async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_o
     if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
         return;
     }
-    let ip = common::dev::non_loopback_ipv4();
-    if !common::skip_unless(ip.is_some(), "needs an IPv4 address that is not loopback") {
+    let addr = common::dev::non_loopback_ipv4();
+    if !common::skip_unless(
+        addr.is_some(),
+        "needs an IPv4 address that is not loopback (none found, none could be added to lo)",
+    ) {
         return;
     }
-    let ip = ip.unwrap();
+    let addr = addr.unwrap();
+    let ip = addr.ip;
     let hive = DevHive::start(DevOpts {
         agents: Some("alice".into()),
         no_demo: true,

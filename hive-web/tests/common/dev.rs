@@ -294,22 +294,24 @@ impl Drop for DevHive {
     }
 }
 
-/// An IPv4 address of this machine that is not loopback (the source
-/// address of its default route, else the first global address `ip`
-/// lists), for tests that need a TCP peer the gateway must not trust.
-pub fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
+/// An IPv4 address of this machine that is not loopback, for tests that
+/// need a TCP peer the gateway must not trust: the source address of the
+/// default route, else the first global address `ip` lists, else (as root,
+/// on a machine with no network at all) [`FALLBACK_ADDR`] added to `lo`
+/// for as long as the returned value lives.
+pub fn non_loopback_ipv4() -> Option<NonLoopback> {
     use std::net::{IpAddr, UdpSocket};
     // connect() on UDP only picks a route and a source address; nothing is
     // sent.
     let routed = UdpSocket::bind("0.0.0.0:0")
-        .and_then(|s| s.connect("192.0.2.1:9").map(|()| s))
+        .and_then(|s| s.connect("198.51.100.1:9").map(|()| s))
         .and_then(|s| s.local_addr())
         .ok()
         .and_then(|a| match a.ip() {
             IpAddr::V4(v4) if !v4.is_loopback() && !v4.is_unspecified() => Some(v4),
             _ => None,
         });
-    routed.or_else(|| {
+    let listed = || {
         let out = Command::new("ip")
             .args(["-o", "-4", "addr", "show", "scope", "global"])
             .output()
@@ -322,7 +324,39 @@ pub fn non_loopback_ipv4() -> Option<std::net::Ipv4Addr> {
             .next()?
             .parse()
             .ok()
+    };
+    if let Some(ip) = routed.or_else(listed) {
+        return Some(NonLoopback { ip, added: false });
+    }
+    let added = Command::new("ip")
+        .args(["addr", "add", &format!("{FALLBACK_ADDR}/32"), "dev", "lo"])
+        .status()
+        .is_ok_and(|s| s.success());
+    added.then_some(NonLoopback {
+        ip: FALLBACK_ADDR,
+        added: true,
     })
+}
+
+/// What [`non_loopback_ipv4`] adds to `lo` when the machine has no other
+/// address (TEST-NET-2, never routed).
+pub const FALLBACK_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 51, 100, 77);
+
+/// A non-loopback address of this machine; one the test added is removed
+/// on drop.
+pub struct NonLoopback {
+    pub ip: std::net::Ipv4Addr,
+    added: bool,
+}
+
+impl Drop for NonLoopback {
+    fn drop(&mut self) {
+        if self.added {
+            let _ = Command::new("ip")
+                .args(["addr", "del", &format!("{}/32", self.ip), "dev", "lo"])
+                .status();
+        }
+    }
 }
 
 /// A `hive-web` the test started itself (for `--no-web` hives), stopped on
