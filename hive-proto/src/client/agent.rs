@@ -46,6 +46,15 @@ use crate::UnixMillis;
 /// enough that a stalled core stops it quickly.
 pub const MAX_QUEUED_LINES: usize = 4096;
 
+/// Most pushes this client holds that its [`Pushes`] consumer has not taken
+/// (or that wait for a consumer that never called [`AgentClient::pushes`]).
+/// One more and the client closes the connection, as the core does with a
+/// slow consumer: on one connection a message is delivered once, so a push
+/// dropped here would not come again until the next connection, and closing
+/// makes that next connection happen. Nothing is lost: unacknowledged
+/// messages are delivered again on it.
+pub const MAX_QUEUED_PUSHES: usize = 4096;
+
 /// Longest line this client accepts from the core, newline excluded.
 ///
 /// [`MAX_LINE`] bounds what an agent may send; what the core sends back can
@@ -80,7 +89,7 @@ struct Inner {
     pending: Arc<Pending<Reply>>,
     out: mpsc::Sender<Bytes>,
     /// Handed out once by [`AgentClient::pushes`].
-    pushes: Mutex<Option<mpsc::UnboundedReceiver<Push>>>,
+    pushes: Mutex<Option<mpsc::Receiver<Push>>>,
     tasks: [AbortHandle; 2],
 }
 
@@ -127,7 +136,7 @@ impl AgentClient {
         let (rd, wr) = stream.into_split();
         let pending = Arc::new(Pending::new());
         let (out, queued) = mpsc::channel(MAX_QUEUED_LINES);
-        let (push_tx, push_rx) = mpsc::unbounded_channel();
+        let (push_tx, push_rx) = mpsc::channel(MAX_QUEUED_PUSHES);
         let writer = tokio::spawn(write_loop(queued, BufWriter::new(wr), pending.clone()));
         let reader = tokio::spawn(read_loop(
             FramedRead::new(rd, server_line_codec()),
@@ -296,7 +305,7 @@ impl AgentClient {
 /// The pushed lines of one connection, in the order the core sent them. Ends
 /// when the connection does.
 pub struct Pushes {
-    rx: mpsc::UnboundedReceiver<Push>,
+    rx: mpsc::Receiver<Push>,
 }
 
 impl Pushes {
@@ -354,7 +363,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop(
     mut rd: FramedRead<OwnedReadHalf, AnyDelimiterCodec>,
     pending: Arc<Pending<Reply>>,
-    pushes: mpsc::UnboundedSender<Push>,
+    pushes: mpsc::Sender<Push>,
     writer: AbortHandle,
 ) {
     while let Some(Ok(line)) = rd.next().await {
@@ -377,11 +386,14 @@ async fn read_loop(
                 };
                 let _ = waiter.send(reply);
             }
-            // Nobody listening for pushes is fine: the messages stay unacked
-            // in the core and the next `recv` returns them.
-            Ok(ServerLine::Push(push)) => {
-                let _ = pushes.send(push);
-            }
+            Ok(ServerLine::Push(push)) => match pushes.try_send(push) {
+                Ok(()) => {}
+                // The consumer is MAX_QUEUED_PUSHES behind: close, and let
+                // the next connection deliver the unacknowledged again.
+                Err(mpsc::error::TrySendError::Full(_)) => break,
+                // The consumer dropped its `Pushes`: it wants none.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            },
             // A push of a kind this client does not know (a newer core) is
             // skipped; anything else unreadable means the ends disagree about
             // the protocol, and going on could mismatch replies.
@@ -627,5 +639,46 @@ mod tests {
             client.ack(1).await,
             Err(ClientError::Disconnected)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_consumer_too_far_behind_on_pushes_loses_the_connection_not_messages() {
+        let (_dir, path, listener) = socket();
+        let total = MAX_QUEUED_PUSHES + 10;
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut conn = Framed::new(stream, LineCodec::default());
+            for id in 1..=total as u64 {
+                let push = Push::Message {
+                    message: message(id, "p"),
+                };
+                if conn.send(push.to_line()).await.is_err() {
+                    return id;
+                }
+            }
+            // Wait for the client to hang up.
+            while let Some(Ok(_)) = conn.next().await {}
+            total as u64
+        });
+        let client = AgentClient::connect(&path).await.unwrap();
+        let mut pushes = client.pushes().unwrap();
+        // Nobody reads until the connection is gone.
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while !client.is_closed() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the client closed the connection");
+        let err = client.whoami().await.unwrap_err();
+        assert!(matches!(err, ClientError::Disconnected), "{err:?}");
+        // What was queued is still there, in order, and no more than that.
+        let mut got = 0;
+        while let Some(Push::Message { message }) = pushes.next_push().await {
+            got += 1;
+            assert_eq!(message.id, got);
+        }
+        assert_eq!(got as usize, MAX_QUEUED_PUSHES);
+        server.await.unwrap();
     }
 }
