@@ -32,6 +32,17 @@ const READY: Duration = Duration::from_secs(60);
 /// Header or form pairs.
 type Pairs<'a> = Vec<(&'a str, &'a str)>;
 
+/// A dev hive with `agents` and no demo processes, its gateway ready.
+async fn hive_without_demo(agents: &str) -> DevHive {
+    let hive = DevHive::start(DevOpts {
+        agents: Some(agents.into()),
+        no_demo: true,
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    hive
+}
+
 /// Logs in and returns the cookie and the form token of `page`.
 async fn browser(http: &Http, token: &str, page: &str) -> (String, String) {
     let cookie = http.login(token).await.expect("login");
@@ -57,12 +68,7 @@ async fn against_the_real_core_refused_requests_change_nothing_and_agent_text_is
         return;
     }
     const XSS: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>";
-    let hive = DevHive::start(DevOpts {
-        agents: Some("alice,bob".into()),
-        no_demo: true,
-        ..DevOpts::default()
-    });
-    hive.wait_ready(READY).await;
+    let hive = hive_without_demo("alice,bob").await;
     let token = hive.token();
     let http = hive.http();
 
@@ -306,12 +312,7 @@ async fn an_agent_asking_many_large_questions_cannot_break_the_operators_pages()
     if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
         return;
     }
-    let hive = DevHive::start(DevOpts {
-        agents: Some("alice".into()),
-        no_demo: true,
-        ..DevOpts::default()
-    });
-    hive.wait_ready(READY).await;
+    let hive = hive_without_demo("alice").await;
     let token = hive.token();
     let http = hive.http();
     let alice = AgentClient::connect(hive.agent_sock("alice"))
@@ -425,12 +426,7 @@ async fn the_dashboard_lists_two_hundred_agents_with_their_status_lines() {
     // A reply of this size (about 16 KiB) arrives in more than one read, so
     // this also proves the protocol client reassembles split frames.
     let names: Vec<String> = (1..=200).map(|i| format!("agent-{i:03}")).collect();
-    let hive = DevHive::start(DevOpts {
-        agents: Some(names.join(",")),
-        no_demo: true,
-        ..DevOpts::default()
-    });
-    hive.wait_ready(READY).await;
+    let hive = hive_without_demo(&names.join(",")).await;
     for (i, n) in names.iter().enumerate() {
         let c = AgentClient::connect(hive.agent_sock(n)).await.unwrap();
         c.status(format!(
