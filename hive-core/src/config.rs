@@ -15,6 +15,11 @@ use crate::Error;
 pub const DEFAULT_MAX_REMINDERS: u32 = 64;
 /// Default cap on questions one agent has open at once.
 pub const DEFAULT_MAX_OPEN_QUESTIONS: u32 = 64;
+/// Events kept by default; older ones are pruned.
+pub const DEFAULT_EVENT_RETENTION: u64 = 100_000;
+/// Fewest events a hive may be set to keep: a subscriber that reconnects
+/// after a short outage should find what it missed, not a reload.
+pub const MIN_EVENT_RETENTION: u64 = 1_000;
 /// Default cap on simultaneous connections per agent socket.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
 
@@ -29,6 +34,9 @@ pub struct RawConfig {
     /// User that `hive-web` runs as; the only non-root uid `web.sock` accepts.
     pub web_user: Option<String>,
     pub runtime: Option<String>,
+    /// Events kept for reconnecting subscribers (default
+    /// [`DEFAULT_EVENT_RETENTION`], at least [`MIN_EVENT_RETENTION`]).
+    pub event_retention: Option<u64>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
 }
@@ -126,6 +134,8 @@ pub struct Config {
     pub admin_group: Option<String>,
     pub web_user: Option<String>,
     pub runtime: RuntimeKind,
+    /// Events kept for reconnecting subscribers; older ones are pruned.
+    pub event_retention: u64,
     pub agents: BTreeMap<AgentName, AgentPolicy>,
 }
 
@@ -157,6 +167,12 @@ impl Config {
                 ))
             }
         };
+        let event_retention = raw.event_retention.unwrap_or(DEFAULT_EVENT_RETENTION);
+        if event_retention < MIN_EVENT_RETENTION {
+            return Err(format!(
+                "event_retention must be at least {MIN_EVENT_RETENTION} (got {event_retention})"
+            ));
+        }
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             let name = AgentName::new(&name).map_err(|e| format!("agent {name:?}: {e}"))?;
@@ -181,6 +197,7 @@ impl Config {
             admin_group: raw.admin_group,
             web_user: raw.web_user,
             runtime,
+            event_retention,
             agents,
         })
     }
@@ -283,6 +300,12 @@ mod tests {
         let bob = &c.agents[&AgentName::new("bob").unwrap()];
         assert_eq!(bob.allowed_recipients.to_strings(), vec!["*"]);
         assert_eq!(c.runtime_dir, PathBuf::from("/run/hyperhive"));
+        assert_eq!(c.event_retention, DEFAULT_EVENT_RETENTION);
+        assert_eq!(bob.max_open_questions, DEFAULT_MAX_OPEN_QUESTIONS);
+        assert_eq!(
+            parse("event_retention = 5000").unwrap().event_retention,
+            5000
+        );
     }
 
     #[test]
@@ -295,5 +318,8 @@ mod tests {
             .unwrap_err()
             .contains("docker"));
         assert!(parse("bogus = 1").is_err());
+        assert!(parse("event_retention = 999")
+            .unwrap_err()
+            .contains("at least 1000"));
     }
 }

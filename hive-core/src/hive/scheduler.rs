@@ -14,8 +14,6 @@ use crate::store::{NewMessage, StoreError};
 /// Longest the scheduler sleeps without re-reading the store, as a guard
 /// against a missed wake-up or a clock jump.
 pub const MAX_SLEEP: Duration = Duration::from_secs(30);
-/// Events kept for reconnecting subscribers; older ones are pruned.
-pub const EVENT_RETENTION: u64 = 100_000;
 /// How often the scheduler prunes old events.
 pub const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -30,11 +28,8 @@ impl Hive {
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 last_prune = Some(tokio::time::Instant::now());
-                match self
-                    .store()
-                    .write(|tx| tx.prune_events(EVENT_RETENTION))
-                    .await
-                {
+                let keep = self.config().event_retention;
+                match self.store().write(move |tx| tx.prune_events(keep)).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(pruned = n, "pruned old events"),
                     Err(e) => tracing::error!(error = %e, "could not prune events"),

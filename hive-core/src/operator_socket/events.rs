@@ -5,7 +5,7 @@
 //! that commits in between is in the channel; anything already sent is
 //! skipped by `seq`. When the channel lags, the stream re-reads the gap from
 //! the store instead of telling the client to reload: the channel is only a
-//! shortcut. The store, though, keeps only the newest `EVENT_RETENTION`
+//! shortcut. The store, though, keeps only the newest `event_retention`
 //! events (the scheduler prunes the rest): when events the stream still owes
 //! its client (after `since`, or after the last one it sent) have been
 //! pruned, it sends `ServerFrame::Lagged { resume_from }`, the oldest kept

@@ -38,6 +38,19 @@ pub fn skip_or_fail(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// Polls `check` every 20 ms until it holds or [`REPLY_TIMEOUT`] passes;
+/// says whether it held. Tests wait for a state, never assert a time.
+pub async fn poll_until(mut check: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + REPLY_TIMEOUT;
+    while Instant::now() < end {
+        if check() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Whether the test runs as root (needed to switch uids).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
