@@ -18,17 +18,6 @@ pub fn parse_or_one_line<C: Parser>(program: &str) -> Result<C, ExitCode> {
     C::try_parse().map_err(|e| report(program, e))
 }
 
-/// As [`parse_or_one_line`], from an explicit argv (for tests).
-pub fn parse_from_or_one_line<C: Parser>(
-    program: &str,
-    argv: &[&str],
-) -> Result<C, (ExitCode, String)> {
-    C::try_parse_from(argv).map_err(|e| {
-        let line = usage_error(program, &e.to_string());
-        (ExitCode::FAILURE, line)
-    })
-}
-
 fn report(program: &str, e: clap::Error) -> ExitCode {
     if !e.use_stderr() || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
         e.exit();
@@ -86,16 +75,21 @@ mod tests {
         Status { name: crate::AgentName },
     }
 
+    /// The line `program` prints for `argv`, which clap must refuse.
+    fn line_for(program: &str, argv: &[&str]) -> String {
+        let e = Cli::try_parse_from(argv).expect_err("refused");
+        usage_error(program, &e.to_string())
+    }
+
     #[test]
     fn a_bad_command_line_is_one_line_naming_the_program() {
         for argv in [&["x", "status", "../etc"][..], &["x", "status"][..]] {
-            let (_, line) = parse_from_or_one_line::<Cli>("hivectl", argv).unwrap_err();
+            let line = line_for("hivectl", argv);
             assert!(!line.contains('\n') && !line.starts_with("error"), "{line}");
             assert!(!line.contains("Usage"), "{line}");
             assert!(line.ends_with("(see hivectl --help)"), "{line}");
         }
-        let (_, line) =
-            parse_from_or_one_line::<Cli>("hive-agent", &["x", "status", "../etc"]).unwrap_err();
+        let line = line_for("hive-agent", &["x", "status", "../etc"]);
         assert!(line.contains("'../etc'"), "{line}");
     }
 

@@ -229,10 +229,10 @@ impl Hive {
                 ));
             }
         }
-        let allowed = &self
+        let policy = self
             .policy(me)
-            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no agent {me}")))?
-            .allowed_recipients;
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no agent {me}")))?;
+        let (allowed, max) = (&policy.allowed_recipients, policy.max_open_questions);
         let addressee = match to {
             Recipient::Operator if allowed.allows_operator() => Principal::Operator,
             Recipient::Agent(peer) if self.policy(&peer).is_none() => {
@@ -257,7 +257,6 @@ impl Hive {
                 ))
             }
         };
-        let max = self.policy(me).map(|p| p.max_open_questions).unwrap_or(0);
         let me = me.clone();
         let result = self
             .store()

@@ -61,9 +61,9 @@ impl<'a> Reader<'a> {
         raw.map(RawMessage::decode).transpose()
     }
 
-    /// A mailbox's traffic (sent to it or by it), newest first.
-    /// A mailbox's messages, newest first, at most `limit`, while `admit`
-    /// accepts them (it stops at the first it refuses).
+    /// A mailbox's traffic (sent to it or by it), newest first, at most
+    /// `limit`, while `admit` accepts them (it stops at the first it
+    /// refuses).
     pub fn messages(
         &self,
         mailbox: &Principal,
