@@ -50,8 +50,34 @@ pub struct RawAgent {
     pub max_reminders: Option<u32>,
     pub max_open_questions: Option<u32>,
     pub max_connections: Option<u32>,
-    /// For the `process` runtime: the command that runs the agent.
+    /// The argv that runs the agent inside its container or sandbox.
     pub command: Option<Vec<String>>,
+    /// Extra environment for `command` (never secrets: those are files).
+    pub env: Option<BTreeMap<String, String>>,
+    /// Receives crash and lifecycle events of the other agents.
+    pub manager: Option<bool>,
+    /// Agents it may propose config for (itself always).
+    pub can_propose_for: Option<Vec<String>>,
+    /// Seconds without socket traffic before the agent is stopped as idle;
+    /// 0 (the default) never stops it.
+    pub idle_timeout: Option<u64>,
+    /// `on-failure` (default) or `never`.
+    pub restart: Option<String>,
+    pub limits: Option<RawLimits>,
+    /// `allow` (default) or `deny`.
+    pub egress: Option<String>,
+    /// Addresses or networks exempt from the private-range drop.
+    pub allow_hosts: Option<Vec<String>>,
+}
+
+/// `limits = { memory = "512M", cpu = 1.5 }`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Bytes, as an integer or a string with a `K`, `M` or `G` suffix.
+    pub memory: Option<toml::Value>,
+    /// Cores, fractions allowed.
+    pub cpu: Option<f64>,
 }
 
 /// Which container runtime the daemon drives.
@@ -102,6 +128,43 @@ impl RecipientPolicy {
     }
 }
 
+/// What happens when an agent's container exits on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Restart it, with exponential backoff and a cap on restarts per window.
+    #[default]
+    OnFailure,
+    /// Leave it `crashed` until an operator starts it.
+    Never,
+}
+
+/// Whether an agent may open connections to the outside world.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EgressPolicy {
+    /// The internet, masqueraded; private ranges and the host still dropped
+    /// unless listed in `allow_hosts`.
+    #[default]
+    Allow,
+    /// Nothing leaves the container.
+    Deny,
+}
+
+/// Resource limits applied to the agent's cgroup.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// `memory.max` in bytes.
+    pub memory_bytes: Option<u64>,
+    /// CPU quota in thousandths of a core (1500 = one and a half cores).
+    pub cpu_millicores: Option<u32>,
+}
+
+/// Longest `idle_timeout` accepted: 30 days.
+pub const MAX_IDLE_TIMEOUT_S: u64 = 30 * 24 * 3600;
+/// Most entries in `env`.
+pub const MAX_ENV_VARS: usize = 256;
+/// Longest `env` value, in bytes.
+pub const MAX_ENV_VALUE: usize = 4096;
+
 /// One agent's validated settings.
 #[derive(Clone, Debug)]
 pub struct AgentPolicy {
@@ -110,6 +173,18 @@ pub struct AgentPolicy {
     pub max_open_questions: u32,
     pub max_connections: u32,
     pub command: Option<Vec<String>>,
+    /// Extra environment for `command`: names are `[A-Za-z_][A-Za-z0-9_]*`
+    /// and never start with `HIVE_` (the runtime sets those).
+    pub env: BTreeMap<String, String>,
+    pub manager: bool,
+    /// Other agents it may propose config for; itself always.
+    pub can_propose_for: BTreeSet<AgentName>,
+    /// Stop it after this long without socket traffic; `None` never.
+    pub idle_timeout: Option<std::time::Duration>,
+    pub restart: RestartPolicy,
+    pub limits: Limits,
+    pub egress: EgressPolicy,
+    pub allow_hosts: Vec<ipnet::IpNet>,
 }
 
 impl Default for AgentPolicy {
@@ -120,7 +195,22 @@ impl Default for AgentPolicy {
             max_open_questions: DEFAULT_MAX_OPEN_QUESTIONS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             command: None,
+            env: BTreeMap::new(),
+            manager: false,
+            can_propose_for: BTreeSet::new(),
+            idle_timeout: None,
+            restart: RestartPolicy::default(),
+            limits: Limits::default(),
+            egress: EgressPolicy::default(),
+            allow_hosts: Vec::new(),
         }
+    }
+}
+
+impl AgentPolicy {
+    /// May this agent propose config for `target`?
+    pub fn may_propose_for(&self, me: &AgentName, target: &AgentName) -> bool {
+        me == target || self.can_propose_for.contains(target)
     }
 }
 
@@ -176,17 +266,10 @@ impl Config {
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             let name = AgentName::new(&name).map_err(|e| format!("agent {name:?}: {e}"))?;
-            agents.insert(name, validate_agent(raw_agent)?);
+            let policy = validate_agent(raw_agent).map_err(|e| format!("agent {name}: {e}"))?;
+            agents.insert(name, policy);
         }
-        for (name, policy) in &agents {
-            for peer in &policy.allowed_recipients.agents {
-                if !agents.contains_key(peer) {
-                    return Err(format!(
-                        "agent {name}: allowed recipient {peer} is not a configured agent"
-                    ));
-                }
-            }
-        }
+        check_agent_references(&agents)?;
         Ok(Self {
             state_dir: raw
                 .state_dir
@@ -232,7 +315,30 @@ impl Config {
     }
 }
 
-fn validate_agent(raw: RawAgent) -> Result<AgentPolicy, String> {
+/// Every agent an agent's policy names must exist in `agents`.
+pub fn check_agent_references(agents: &BTreeMap<AgentName, AgentPolicy>) -> Result<(), String> {
+    for (name, policy) in agents {
+        for peer in &policy.allowed_recipients.agents {
+            if !agents.contains_key(peer) {
+                return Err(format!(
+                    "agent {name}: allowed recipient {peer} is not a configured agent"
+                ));
+            }
+        }
+        for peer in &policy.can_propose_for {
+            if !agents.contains_key(peer) {
+                return Err(format!(
+                    "agent {name}: can_propose_for names {peer}, which is not a configured agent"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates one agent's table (the daemon config's `[agents.<name>]` or an
+/// `agent.toml`); the error is one sentence naming the key.
+pub fn validate_agent(raw: RawAgent) -> Result<AgentPolicy, String> {
     let mut policy = AgentPolicy::default();
     if let Some(list) = raw.allowed_recipients {
         let mut p = RecipientPolicy {
@@ -269,9 +375,135 @@ fn validate_agent(raw: RawAgent) -> Result<AgentPolicy, String> {
         if cmd.is_empty() {
             return Err("command must not be empty".into());
         }
+        if cmd.iter().any(|a| a.contains('\0')) {
+            return Err("command: an argument contains a NUL byte".into());
+        }
         policy.command = Some(cmd);
     }
+    if let Some(env) = raw.env {
+        if env.len() > MAX_ENV_VARS {
+            return Err(format!("env: at most {MAX_ENV_VARS} variables"));
+        }
+        for (k, v) in &env {
+            let mut chars = k.chars();
+            let good_name = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !good_name {
+                return Err(format!(
+                    "env: {k:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                ));
+            }
+            if k.starts_with("HIVE_") {
+                return Err(format!(
+                    "env: {k} is set by the runtime (HIVE_* is reserved)"
+                ));
+            }
+            if v.len() > MAX_ENV_VALUE || v.contains('\0') {
+                return Err(format!(
+                    "env: the value of {k} is longer than {MAX_ENV_VALUE} bytes or holds a NUL byte"
+                ));
+            }
+        }
+        policy.env = env;
+    }
+    policy.manager = raw.manager.unwrap_or(false);
+    if let Some(list) = raw.can_propose_for {
+        for entry in list {
+            let n =
+                AgentName::new(&entry).map_err(|e| format!("can_propose_for {entry:?}: {e}"))?;
+            policy.can_propose_for.insert(n);
+        }
+    }
+    match raw.idle_timeout {
+        None | Some(0) => {}
+        Some(s) if s > MAX_IDLE_TIMEOUT_S => {
+            return Err(format!(
+            "idle_timeout is {s} seconds; at most {MAX_IDLE_TIMEOUT_S} (30 days), or 0 for never"
+        ))
+        }
+        Some(s) => policy.idle_timeout = Some(std::time::Duration::from_secs(s)),
+    }
+    policy.restart = match raw.restart.as_deref() {
+        None | Some("on-failure") => RestartPolicy::OnFailure,
+        Some("never") => RestartPolicy::Never,
+        Some(other) => {
+            return Err(format!(
+                "restart {other:?} is not a policy (choose on-failure or never)"
+            ))
+        }
+    };
+    if let Some(limits) = raw.limits {
+        policy.limits = validate_limits(limits)?;
+    }
+    policy.egress = match raw.egress.as_deref() {
+        None | Some("allow") => EgressPolicy::Allow,
+        Some("deny") => EgressPolicy::Deny,
+        Some(other) => {
+            return Err(format!(
+                "egress {other:?} is not a policy (choose allow or deny)"
+            ))
+        }
+    };
+    if let Some(hosts) = raw.allow_hosts {
+        for h in hosts {
+            let net = h
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| h.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    format!(
+                        "allow_hosts {h:?} is not an IP address or network (ADDR or ADDR/PREFIX)"
+                    )
+                })?;
+            policy.allow_hosts.push(net.trunc());
+        }
+    }
     Ok(policy)
+}
+
+/// Smallest memory limit accepted: below this an agent cannot even start.
+pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
+
+fn validate_limits(raw: RawLimits) -> Result<Limits, String> {
+    let mut limits = Limits::default();
+    if let Some(v) = raw.memory {
+        let bytes = match &v {
+            toml::Value::Integer(n) if *n > 0 => Some(*n as u64),
+            toml::Value::String(s) => parse_bytes(s),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!("limits.memory {v} is not a size (bytes, or a number with K, M or G)")
+        })?;
+        if bytes < MIN_MEMORY_LIMIT {
+            return Err(format!(
+                "limits.memory is {bytes} bytes; at least {} MiB",
+                MIN_MEMORY_LIMIT >> 20
+            ));
+        }
+        limits.memory_bytes = Some(bytes);
+    }
+    if let Some(cpu) = raw.cpu {
+        if !(cpu.is_finite() && (0.01..=1024.0).contains(&cpu)) {
+            return Err(format!("limits.cpu is {cpu}; between 0.01 and 1024 cores"));
+        }
+        limits.cpu_millicores = Some((cpu * 1000.0).round() as u32);
+    }
+    Ok(limits)
+}
+
+/// `"512M"` → bytes; `K`, `M`, `G` are powers of 1024.
+fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 10),
+        (i, 'M' | 'm') => (&s[..i], 20),
+        (i, 'G' | 'g') => (&s[..i], 30),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift).filter(|b| *b > 0)
 }
 
 #[cfg(test)]
@@ -321,5 +553,81 @@ mod tests {
         assert!(parse("event_retention = 999")
             .unwrap_err()
             .contains("at least 1000"));
+    }
+
+    #[test]
+    fn the_container_keys_parse_into_the_policy() {
+        let c = parse(
+            r#"
+            [agents.alice]
+            command = ["hive-agent", "run", "--", "claude", "-p"]
+            env = { MODEL = "opus", _X = "1" }
+            manager = true
+            can_propose_for = ["bob"]
+            idle_timeout = 1800
+            restart = "never"
+            limits = { memory = "512M", cpu = 1.5 }
+            egress = "deny"
+            allow_hosts = ["203.0.113.7", "198.51.100.9/24", "2001:db8::1"]
+            [agents.bob]
+            limits = { memory = 33554432 }
+            "#,
+        )
+        .unwrap();
+        let alice = &c.agents[&AgentName::new("alice").unwrap()];
+        let bob = AgentName::new("bob").unwrap();
+        assert!(alice.manager);
+        assert_eq!(alice.env["MODEL"], "opus");
+        assert!(alice.may_propose_for(&AgentName::new("alice").unwrap(), &bob));
+        assert_eq!(
+            alice.idle_timeout,
+            Some(std::time::Duration::from_secs(1800))
+        );
+        assert_eq!(alice.restart, RestartPolicy::Never);
+        assert_eq!(alice.limits.memory_bytes, Some(512 << 20));
+        assert_eq!(alice.limits.cpu_millicores, Some(1500));
+        assert_eq!(alice.egress, EgressPolicy::Deny);
+        let hosts: Vec<String> = alice.allow_hosts.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            hosts,
+            ["203.0.113.7/32", "198.51.100.0/24", "2001:db8::1/128"]
+        );
+        let b = &c.agents[&bob];
+        assert!(!b.manager);
+        assert!(!b.may_propose_for(&bob, &AgentName::new("alice").unwrap()));
+        assert!(b.may_propose_for(&bob, &bob));
+        assert_eq!(b.limits.memory_bytes, Some(32 << 20));
+        assert_eq!(
+            (b.restart, b.egress, b.idle_timeout),
+            (RestartPolicy::OnFailure, EgressPolicy::Allow, None)
+        );
+    }
+
+    #[test]
+    fn bad_container_keys_name_the_key() {
+        let bad = |body: &str, want: &str| {
+            let err = parse(&format!("[agents.a]\n{body}")).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+        };
+        // Errors from validation (not from the TOML parser) say which agent.
+        assert!(parse("[agents.a]\nrestart = \"x\"")
+            .unwrap_err()
+            .starts_with("agent a: restart"));
+        bad("env = { HIVE_SOCKET = \"x\" }", "HIVE_* is reserved");
+        bad("env = { \"1X\" = \"x\" }", "is not a variable name");
+        bad("can_propose_for = [\"zed\"]", "can_propose_for names zed");
+        bad("can_propose_for = [\"Zed\"]", "can_propose_for");
+        bad("idle_timeout = 99999999", "idle_timeout");
+        bad("restart = \"always\"", "restart \"always\"");
+        bad("limits = { memory = \"lots\" }", "limits.memory");
+        bad("limits = { memory = \"1M\" }", "at least 16 MiB");
+        bad("limits = { cpu = 0.0 }", "limits.cpu");
+        bad("limits = { disk = 1 }", "disk");
+        bad("egress = \"open\"", "egress \"open\"");
+        bad(
+            "allow_hosts = [\"example.com\"]",
+            "allow_hosts \"example.com\"",
+        );
+        bad("command = []", "command must not be empty");
     }
 }
