@@ -270,6 +270,7 @@ impl Config {
             agents.insert(name, policy);
         }
         check_agent_references(&agents)?;
+        crate::runtime::container_name::check_unique(agents.keys()).map_err(|e| e.to_string())?;
         Ok(Self {
             state_dir: raw
                 .state_dir
@@ -629,5 +630,15 @@ mod tests {
             "allow_hosts \"example.com\"",
         );
         bad("command = []", "command must not be empty");
+    }
+
+    #[test]
+    fn two_agents_sharing_a_container_name_are_refused() {
+        // These two long names shorten to the same container name.
+        let err = parse("[agents.coll-0004700]\n[agents.coll-0005419]").unwrap_err();
+        assert!(
+            err.contains("coll-0004700 and coll-0005419 would both run in container h-collrxaze"),
+            "{err}"
+        );
     }
 }

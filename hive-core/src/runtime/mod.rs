@@ -11,6 +11,7 @@
 //! narrow interface the operator verbs call. This module must never touch
 //! the store or the sockets: it runs agents, nothing else.
 
+pub mod container_name;
 pub mod process;
 
 use std::sync::Arc;
