@@ -1,7 +1,7 @@
 //! The router and its shared state: [`app`] builds every route and layer,
 //! [`AppState`] is what each handler gets. Layer order (outermost first):
-//! security headers → metrics → body limit → identity → (timeout, for every
-//! route but the event stream) → handler.
+//! security headers → metrics → body limit → `Host` check (421) → identity
+//! → (timeout, for every route but the event stream) → handler.
 //!
 //! This module must never talk to the core except through
 //! [`AppState::call`], so every round trip is timed out and counted.
@@ -20,6 +20,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
+use crate::auth::{AccessPolicy, LoggedPeers};
 use crate::coalesce::{is_coalescible, Coalescer, SendFn};
 use crate::core_link::{CoreError, CoreLink};
 use crate::hub::EventHub;
@@ -58,8 +59,10 @@ pub struct Shared {
     pub tokens: TokenSet,
     pub sessions: SessionStore,
     pub metrics: Metrics,
-    /// `Tailscale-User-Login` values believed from a loopback peer.
-    pub trusted_tailscale: Vec<String>,
+    /// Whom the gateway believes and which `Host`s it answers.
+    pub access: AccessPolicy,
+    /// Peers whose refused tailscale header was already logged.
+    pub logged_peers: LoggedPeers,
     /// One permit per browser following the event stream.
     pub sse_slots: Arc<Semaphore>,
     /// Collapses concurrent dashboard reads into rounds.
@@ -78,7 +81,7 @@ impl AppState {
         core: Arc<dyn CoreLink>,
         hub: Arc<EventHub>,
         tokens: TokenSet,
-        trusted_tailscale: Vec<String>,
+        access: AccessPolicy,
     ) -> Self {
         Self {
             inner: Arc::new(Shared {
@@ -87,7 +90,8 @@ impl AppState {
                 tokens,
                 sessions: SessionStore::new(),
                 metrics: Metrics::new(),
-                trusted_tailscale,
+                access,
+                logged_peers: LoggedPeers::default(),
                 sse_slots: Arc::new(Semaphore::new(MAX_SSE_CLIENTS)),
                 coalescer: Arc::new(Coalescer::new()),
             }),
@@ -188,6 +192,10 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::identify,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::check_host,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))

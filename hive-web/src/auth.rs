@@ -1,11 +1,13 @@
 //! Who is asking, and whether a state-changing request really comes from
 //! our own page.
 //!
+//! [`check_host`] runs first: a `Host` that is not one of ours is a 421.
 //! [`identify`] runs on every request. It resolves the operator from, in
 //! order: a trusted `Tailscale-User-Login` (only when the TCP peer is
-//! loopback and the login is on the allow-list; it gets a session of its
-//! own), the session cookie, or — under `/api/` only — `Authorization:
-//! Bearer`. It stores an [`Identity`] (or nothing) and the [`Transport`]
+//! loopback, the kernel says `tailscaled`'s uid opened the connection, and
+//! the login is on the allow-list; a top-level page load gets it a session
+//! of its own), the session cookie, or — under `/api/` only —
+//! `Authorization: Bearer`. It stores an [`Identity`] (or nothing) and the [`Transport`]
 //! facts in the request's extensions; the extractors below turn a missing
 //! identity into a 303 to `/login` (pages) or a 401 (API).
 //!
@@ -15,8 +17,9 @@
 //! handler runs.
 //!
 //! This module must never accept a token in a URL, believe a forwarded
-//! header from a non-loopback peer, or let a request change anything
-//! without all three checks.
+//! header from a non-loopback peer, believe the tailscale header on a
+//! connection it has not asked the kernel about, or let a request change
+//! anything without all three checks.
 
 use std::net::SocketAddr;
 
@@ -32,6 +35,7 @@ use subtle::ConstantTimeEq;
 use crate::app::AppState;
 use crate::error::{ApiError, AppError};
 use crate::session::{SessionInfo, COOKIE_NAME};
+use crate::sock_diag::PeerSocket;
 
 /// The header `tailscale serve` sets to the tailnet login of the visitor.
 pub const TAILSCALE_LOGIN_HEADER: &str = "tailscale-user-login";
@@ -66,6 +70,160 @@ pub struct Transport {
     pub secure: bool,
 }
 
+/// Whom the gateway believes and which names it answers to, from the flags
+/// (`config::Cli::validate` builds it).
+#[derive(Clone, Debug)]
+pub struct AccessPolicy {
+    /// Exact `Tailscale-User-Login` values that identify an operator on a
+    /// connection `tailscaled` opened. Empty: the header is never believed.
+    pub trusted_tailscale: Vec<String>,
+    /// The uid `tailscaled` runs as: only a loopback connection whose far
+    /// end the kernel says this uid owns may carry a believed header.
+    pub tailscale_uid: u32,
+    /// Lower-case host names and IP addresses (no port) a request's `Host`
+    /// may name; anything else is answered 421 before any auth.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl AccessPolicy {
+    /// The defaults for a gateway listening on `listen`: no tailscale
+    /// identity, and `Host` may be the listen address or `localhost` (and,
+    /// for a loopback or wildcard bind, the loopback addresses).
+    pub fn for_listen(listen: SocketAddr) -> Self {
+        let mut hosts = Vec::new();
+        let ip = listen.ip().to_canonical();
+        if ip.is_unspecified() || ip.is_loopback() {
+            for lo in ["127.0.0.1", "::1"] {
+                if ip.is_unspecified() || ip.to_string() == lo {
+                    hosts.push(lo.to_owned());
+                }
+            }
+        } else {
+            hosts.push(ip.to_string());
+        }
+        hosts.push("localhost".to_owned());
+        Self {
+            trusted_tailscale: Vec::new(),
+            tailscale_uid: crate::config::DEFAULT_TAILSCALE_UID,
+            allowed_hosts: hosts,
+        }
+    }
+
+    /// Whether `Host` (or a loopback proxy's `X-Forwarded-Host`) names us.
+    pub fn host_allowed(&self, raw: &str) -> bool {
+        host_of(raw).is_some_and(|h| self.allowed_hosts.contains(&h))
+    }
+}
+
+/// A `--public-host` entry as [`AccessPolicy::allowed_hosts`] keeps it: an
+/// IP address, or a DNS name (letters, digits, `-`, `.`; one trailing dot
+/// dropped), lower-cased. No port, no scheme.
+pub fn public_host_name(raw: &str) -> Option<String> {
+    if let Ok(ip) = raw.parse::<std::net::IpAddr>() {
+        return Some(ip.to_canonical().to_string());
+    }
+    let name = raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase();
+    let ok = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    ok.then_some(name)
+}
+
+/// The host part of a `Host` header value (`name`, `name:port`, `[v6]`,
+/// `[v6]:port`), normalised like [`public_host_name`].
+pub fn host_of(raw: &str) -> Option<String> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        if !(after.is_empty() || after.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        v6
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, port)) if is_port(port) => h,
+            Some(_) => return None,
+            None => raw,
+        }
+    };
+    public_host_name(host)
+}
+
+fn is_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The most peers [`identify`] remembers having logged a refused
+/// tailscale header for; past it the memory starts over.
+pub const MAX_LOGGED_PEERS: usize = 1024;
+
+/// Remembers which peers were already logged, so a refusal is logged once
+/// per peer rather than once per request.
+#[derive(Default)]
+pub struct LoggedPeers {
+    seen: std::sync::Mutex<std::collections::HashSet<(std::net::IpAddr, Option<u32>)>>,
+}
+
+impl LoggedPeers {
+    /// True the first time `(ip, uid)` is seen.
+    pub fn first(&self, ip: std::net::IpAddr, uid: Option<u32>) -> bool {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= MAX_LOGGED_PEERS {
+            seen.clear();
+        }
+        seen.insert((ip, uid))
+    }
+}
+
+/// Middleware, before any auth: a request whose `Host` (or, from a
+/// loopback peer, `X-Forwarded-Host`) is not one of ours is answered
+/// `421 Misdirected Request`, so a page on a rebound DNS name cannot speak
+/// to the gateway from the operator's browser.
+pub async fn check_host(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if host_is_ours(&state.access, &req) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::MISDIRECTED_REQUEST,
+        "this gateway does not serve that host name\n",
+    )
+        .into_response()
+}
+
+fn host_is_ours(access: &AccessPolicy, req: &Request) -> bool {
+    let peer_loopback = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .is_some_and(|c| c.0.ip().to_canonical().is_loopback());
+    let named = |name: &str| {
+        req.headers()
+            .get(name)
+            .map(|v| v.to_str().is_ok_and(|h| access.host_allowed(h)))
+    };
+    let host_ok = match named(HOST.as_str()) {
+        Some(ok) => ok,
+        // HTTP/1.1 absolute-form (`GET http://host/ HTTP/1.1`) names the
+        // host in the target instead.
+        None => req.uri().host().is_some_and(|h| access.host_allowed(h)),
+    };
+    let forwarded_ok = !peer_loopback || named("x-forwarded-host") != Some(false);
+    host_ok && forwarded_ok
+}
+
+/// Whether the request is the browser loading a page at the top level, as
+/// the operator typing the address or following one of our links does:
+/// `Sec-Fetch-Dest: document` and `Sec-Fetch-Site` `none` or `same-origin`.
+/// An image, script or frame a foreign page embeds is none of these.
+pub fn is_top_level_navigation(headers: &HeaderMap) -> bool {
+    header_is(headers, "sec-fetch-dest", "document")
+        && (header_is(headers, "sec-fetch-site", "none")
+            || header_is(headers, "sec-fetch-site", "same-origin"))
+}
+
 /// Middleware: resolves [`Identity`] and [`Transport`]; see the module
 /// header for the order.
 pub async fn identify(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -86,21 +244,17 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
     };
     let path = req.uri().path();
     let is_api = path.starts_with("/api/");
-    // Only a page load mints a session for a tailscale visitor; API calls
-    // and assets do not need one and must not churn the session store.
-    let may_mint =
-        req.method() == axum::http::Method::GET && !is_api && !path.starts_with("/static/");
+    // Only a top-level page load mints a session for a tailscale visitor;
+    // API calls, assets and whatever a foreign page embeds do not, so they
+    // cannot churn the session store and evict the operator's sessions.
+    let may_mint = req.method() == axum::http::Method::GET
+        && !is_api
+        && !path.starts_with("/static/")
+        && is_top_level_navigation(headers);
 
     let from_cookie = session_cookie(headers).and_then(|id| state.sessions.lookup(id));
-    let tailscale = if peer_loopback && !state.trusted_tailscale.is_empty() {
-        headers
-            .get(TAILSCALE_LOGIN_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .filter(|login| state.trusted_tailscale.iter().any(|t| t == login))
-            .map(str::to_owned)
-    } else {
-        None
-    };
+    let tailscale = tailscale_login(&state, &req, peer);
+    let headers = req.headers();
 
     let mut set_cookie = None;
     let identity = match (tailscale, from_cookie) {
@@ -149,6 +303,54 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
         resp.headers_mut().append(SET_COOKIE, cookie);
     }
     resp
+}
+
+/// The allow-listed login a `Tailscale-User-Login` header names, if the
+/// header is to be believed: the TCP peer is loopback and the kernel says
+/// the far end of this connection belongs to `tailscaled`'s uid
+/// ([`crate::sock_diag`]). A header that is not believed makes the request
+/// an ordinary unauthenticated one, and is logged once per peer.
+fn tailscale_login(state: &AppState, req: &Request, peer: Option<SocketAddr>) -> Option<String> {
+    let access = &state.access;
+    if access.trusted_tailscale.is_empty() {
+        return None;
+    }
+    let header = req.headers().get(TAILSCALE_LOGIN_HEADER)?;
+    let conn = req.extensions().get::<PeerSocket>();
+    let refused: Option<(Option<u32>, String)> = match (peer, conn) {
+        (Some(p), Some(conn)) if p.ip().to_canonical().is_loopback() => match conn.owner() {
+            Ok(o) if o.uid == access.tailscale_uid => None,
+            Ok(o) => Some((
+                Some(o.uid),
+                format!(
+                    "the connection belongs to uid {}, not tailscaled's uid {}",
+                    o.uid, access.tailscale_uid
+                ),
+            )),
+            Err(e) => Some((None, format!("the connection's owner is unknown: {e}"))),
+        },
+        (Some(p), _) if !p.ip().to_canonical().is_loopback() => {
+            Some((None, "the peer is not loopback".to_owned()))
+        }
+        _ => Some((None, "the connection's ends are unknown".to_owned())),
+    };
+    if let Some((uid, why)) = refused {
+        let ip = peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.ip());
+        if state.logged_peers.first(ip, uid) {
+            tracing::warn!(
+                peer = ?peer,
+                reason = %why,
+                "ignored a Tailscale-User-Login header (logged once per peer)"
+            );
+        }
+        return None;
+    }
+    let login = header.to_str().ok()?;
+    access
+        .trusted_tailscale
+        .iter()
+        .any(|t| t == login)
+        .then(|| login.to_owned())
 }
 
 /// A page's operator; without one the browser is sent to `/login`.

@@ -8,6 +8,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::auth::{public_host_name, AccessPolicy};
+
 /// Where the gateway listens unless told otherwise: loopback only, so a fresh
 /// install is reachable from nowhere but the host (DESIGN §1, invariant 9).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -47,10 +49,26 @@ pub struct Cli {
     #[arg(long, value_name = "LOGIN,...", value_delimiter = ',')]
     pub trust_tailscale_identity: Vec<String>,
 
+    /// The uid `tailscaled` runs as: a Tailscale-User-Login header is believed
+    /// only on a connection the kernel says this uid opened.
+    #[arg(long, value_name = "UID", default_value_t = DEFAULT_TAILSCALE_UID)]
+    pub tailscale_uid: u32,
+
+    /// Host names the gateway is reached by (besides the listen address and
+    /// localhost); a request with any other Host gets 421.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',')]
+    pub public_host: Vec<String>,
+
     /// Allow listening on 0.0.0.0 or [::] (logs a warning).
     #[arg(long)]
     pub allow_wildcard_bind: bool,
 }
+
+/// The uid `tailscaled` runs as unless `--tailscale-uid` says otherwise.
+pub const DEFAULT_TAILSCALE_UID: u32 = 0;
+
+/// Longest `--public-host` name (a DNS name's limit).
+pub const PUBLIC_HOST_MAX: usize = 253;
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
@@ -59,9 +77,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub tokens_file: PathBuf,
     pub user: Option<String>,
-    /// Exact `Tailscale-User-Login` values that identify an operator when the
-    /// TCP peer is loopback. Empty means the header is never believed.
-    pub trusted_tailscale_logins: Vec<String>,
+    /// Whom the gateway believes and which `Host`s it answers.
+    pub access: AccessPolicy,
     /// Whether `listen` is a wildcard address (the caller logs a warning).
     pub wildcard_bind: bool,
 }
@@ -79,6 +96,8 @@ pub enum ConfigError {
     BadTailscaleLogin(String),
     #[error("--user must not be empty")]
     EmptyUser,
+    #[error("--public-host entry {0:?} is not a host name or IP address (no port, no scheme)")]
+    BadPublicHost(String),
 }
 
 impl Cli {
@@ -107,12 +126,23 @@ impl Cli {
         if self.user.as_deref() == Some("") {
             return Err(ConfigError::EmptyUser);
         }
+        let mut access = AccessPolicy::for_listen(listen);
+        access.trusted_tailscale = trusted;
+        access.tailscale_uid = self.tailscale_uid;
+        for host in self.public_host {
+            let name = public_host_name(&host)
+                .filter(|h| h.len() <= PUBLIC_HOST_MAX)
+                .ok_or_else(|| ConfigError::BadPublicHost(host.clone()))?;
+            if !access.allowed_hosts.contains(&name) {
+                access.allowed_hosts.push(name);
+            }
+        }
         Ok(Config {
             core_socket: self.core_socket,
             listen,
             tokens_file: self.tokens_file,
             user: self.user,
-            trusted_tailscale_logins: trusted,
+            access,
             wildcard_bind,
         })
     }
@@ -133,7 +163,9 @@ mod tests {
         let c = cli(&[]).unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(!c.wildcard_bind);
-        assert!(c.trusted_tailscale_logins.is_empty());
+        assert!(c.access.trusted_tailscale.is_empty());
+        assert_eq!(c.access.tailscale_uid, 0);
+        assert_eq!(c.access.allowed_hosts, ["127.0.0.1", "localhost"]);
     }
 
     #[test]
@@ -155,11 +187,41 @@ mod tests {
     #[test]
     fn tailscale_logins_are_split_and_checked() {
         let c = cli(&["--trust-tailscale-identity", "a@example.com,b@github"]).unwrap();
-        assert_eq!(c.trusted_tailscale_logins, ["a@example.com", "b@github"]);
+        assert_eq!(c.access.trusted_tailscale, ["a@example.com", "b@github"]);
         assert!(matches!(
             cli(&["--trust-tailscale-identity", "a b"]),
             Err(ConfigError::BadTailscaleLogin(_))
         ));
+    }
+
+    #[test]
+    fn public_hosts_join_the_listen_address_and_localhost() {
+        let c = cli(&[
+            "--public-host",
+            "Box.Tail1234.ts.net.,100.64.0.1",
+            "--tailscale-uid",
+            "990",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.access.allowed_hosts,
+            [
+                "127.0.0.1",
+                "localhost",
+                "box.tail1234.ts.net",
+                "100.64.0.1"
+            ]
+        );
+        assert_eq!(c.access.tailscale_uid, 990);
+        for bad in ["https://box", "box:8080", "a b", "", "x/y"] {
+            assert!(
+                matches!(
+                    cli(&["--public-host", bad]),
+                    Err(ConfigError::BadPublicHost(_))
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod privilege;
 pub mod routes;
 pub mod server;
 pub mod session;
+pub mod sock_diag;
 pub mod tokens;
 pub mod views;
 

@@ -75,7 +75,7 @@ fn run(config: Config) -> anyhow::Result<()> {
 async fn serve(config: Config, tokens: TokenSet) -> anyhow::Result<()> {
     let hub = Arc::new(EventHub::new());
     let link = SocketLink::start(&config.core_socket, hub.clone());
-    let state = AppState::new(link, hub, tokens, config.trusted_tailscale_logins.clone());
+    let state = AppState::new(link, hub, tokens, config.access.clone());
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

@@ -3,7 +3,8 @@
 //! at most [`MAX_CONNECTIONS`] at once (further connections wait in the
 //! kernel's backlog), a client that does not finish its request head within
 //! [`HEADER_READ_TIMEOUT`] is dropped, and each request carries the TCP
-//! peer as `ConnectInfo` (which the tailscale-identity rule needs).
+//! peer as `ConnectInfo` and both ends as a [`PeerSocket`] (which the
+//! tailscale-identity rule needs).
 //!
 //! On shutdown it stops accepting, asks every connection to finish its
 //! current request, and waits at most [`SHUTDOWN_GRACE`].
@@ -28,6 +29,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tower::ServiceExt;
+
+use crate::sock_diag::PeerSocket;
 
 /// Most connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
@@ -69,10 +72,20 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
+        let conn = match stream.local_addr() {
+            Ok(local) => Some(PeerSocket::new(local, peer)),
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "no local address for a connection");
+                None
+            }
+        };
         let service = router
             .clone()
             .map_request(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                if let Some(conn) = &conn {
+                    req.extensions_mut().insert(conn.clone());
+                }
                 req.map(Body::new)
             });
         let mut closing = closing_rx.clone();

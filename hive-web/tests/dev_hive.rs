@@ -203,6 +203,8 @@ async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_o
             "--allow-wildcard-bind",
             "--trust-tailscale-identity",
             "alice@example.com",
+            "--public-host",
+            &ip.to_string(),
         ],
     );
     web.wait_serving(READY).await;
@@ -265,12 +267,18 @@ async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_o
     }
     assert_eq!(open_questions(&local, &token).await, questions_before);
 
-    // Listed, from loopback (where `tailscale serve` connects from): that
-    // operator, with a session of its own, whose answer reaches alice.
+    // Listed, from loopback (where `tailscale serve` connects from), on a
+    // connection this root test process opened (as root's tailscaled
+    // would): that operator, with a session of its own, whose answer
+    // reaches alice.
     let r = local
         .get(
             "/agent/alice/",
-            &[("tailscale-user-login", "alice@example.com")],
+            &[
+                ("tailscale-user-login", "alice@example.com"),
+                ("sec-fetch-dest", "document"),
+                ("sec-fetch-site", "none"),
+            ],
         )
         .await
         .unwrap();
@@ -305,6 +313,76 @@ async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_o
     assert!(answers[0].body.contains("yes"), "{:?}", answers[0]);
     assert!(!answers[0].body.contains("forged"));
     assert!(open_questions(&local, &token).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_root_process_on_loopback_sending_the_tailscale_header_gets_no_session_while_root_does(
+) {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        no_demo: true,
+        no_web: true,
+    });
+    assert!(hive.wait_for_socket(READY), "core:\n{}", hive.log());
+    // tailscaled's uid is root's (the default); the gateway itself runs as
+    // nobody, with no capability, and asks the kernel all the same.
+    let web = Gateway::start(&hive, &["--trust-tailscale-identity", "alice@example.com"]);
+    web.wait_serving(READY).await;
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nTailscale-User-Login: alice@example.com\r\n\
+         Sec-Fetch-Dest: document\r\nSec-Fetch-Site: none\r\nConnection: close\r\n\r\n",
+        web.port
+    );
+    // The same client, byte for byte, from two uids: nobody (a local user,
+    // an ssh -L tunnel, an agent under the process runtime) and root (the
+    // stand-in for tailscaled).
+    for attempt in 0..2 {
+        let answer = common::http::raw_request_as(65534, 65534, web.port, &request);
+        let head = answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        assert!(
+            head.starts_with("http/1.1 303"),
+            "nobody, attempt {attempt}:\n{head}"
+        );
+        assert!(head.contains("location: /login"), "{head}");
+        assert!(
+            !head.contains("set-cookie"),
+            "nobody got a session:\n{head}"
+        );
+    }
+    let answer = common::http::raw_request_as(0, 0, web.port, &request);
+    let head = answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200"),
+        "root:\n{head}\n{}",
+        web.log()
+    );
+    assert!(
+        head.contains("set-cookie: "),
+        "root got no session:\n{head}"
+    );
+    assert!(
+        answer.contains("alice@example.com"),
+        "the page names the login"
+    );
+    // The refusal is logged once per peer, not once per request.
+    let log = web.log();
+    assert_eq!(
+        log.matches("ignored a Tailscale-User-Login header").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("uid 65534"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -323,6 +323,8 @@ async fn a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
             .send(
                 req(Method::GET, "/")
                     .peer(peer)
+                    .via_tailscaled()
+                    .navigation()
                     .header("tailscale-user-login", login)
                     .build(),
             )
@@ -333,6 +335,7 @@ async fn a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
             .send(
                 req(Method::GET, "/api/agents")
                     .peer(peer)
+                    .via_tailscaled()
                     .header("tailscale-user-login", login)
                     .build(),
             )
@@ -342,6 +345,7 @@ async fn a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
             .send(
                 req(Method::POST, "/answer-question/7")
                     .peer(peer)
+                    .via_tailscaled()
                     .header("tailscale-user-login", login)
                     .same_origin()
                     .form(&[("answer", "yes")])
@@ -352,10 +356,13 @@ async fn a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
     }
     assert_unchanged(&app, &before);
 
-    // Listed and on loopback: that operator, with a session of its own.
+    // Listed, on loopback, on tailscaled's connection: that operator, and a
+    // page load gets a session of its own.
     let r = app
         .send(
             req(Method::GET, "/")
+                .via_tailscaled()
+                .navigation()
                 .header("tailscale-user-login", "alice@example.com")
                 .build(),
         )
@@ -375,6 +382,7 @@ async fn a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
         .send(
             req(Method::POST, "/answer-question/7")
                 .cookie(&b.cookie)
+                .via_tailscaled()
                 .header("tailscale-user-login", "alice@example.com")
                 .same_origin()
                 .form(&[("csrf", &b.csrf), ("answer", "yes")])
@@ -391,11 +399,157 @@ async fn a_tailscale_login_counts_only_from_loopback_and_only_if_listed() {
 }
 
 #[tokio::test]
+async fn a_tailscale_header_on_a_connection_tailscaled_did_not_open_is_an_ordinary_request() {
+    // Loopback and a listed login, but the kernel says a local user (not
+    // tailscaled's uid 0) opened the connection: no identity, no session.
+    let app = TestApp::with_tailscale(&["alice@example.com"]);
+    let before = app.core.snapshot();
+    for uid in [common::oneshot::LOCAL_USER_UID, 65534] {
+        let r = app
+            .send(
+                req(Method::GET, "/")
+                    .conn_uid(uid)
+                    .navigation()
+                    .header("tailscale-user-login", "alice@example.com")
+                    .build(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::SEE_OTHER, "uid {uid}");
+        assert_eq!(r.location(), Some("/login"));
+        assert!(r.header("set-cookie").is_none(), "uid {uid}");
+        let r = app
+            .send(
+                req(Method::GET, "/api/agents")
+                    .conn_uid(uid)
+                    .header("tailscale-user-login", "alice@example.com")
+                    .build(),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "uid {uid}");
+    }
+    assert!(app.core.calls().is_empty(), "{:?}", app.core.calls());
+    assert_eq!(app.state.sessions.len(), 0);
+    assert_unchanged(&app, &before);
+}
+
+#[tokio::test]
+async fn a_host_that_is_not_ours_gets_421_before_any_auth() {
+    let app = TestApp::with_tailscale(&["alice@example.com"]);
+    let b = app.login().await;
+    let calls = app.core.calls().len();
+    let before = app.core.snapshot();
+    let foreign = [
+        "attacker.example:8080",
+        "attacker.example",
+        "127.0.0.1.nip.io:8080",
+    ];
+    for host in foreign {
+        for r in [
+            req(Method::GET, "/").cookie(&b.cookie),
+            req(Method::GET, "/api/agents").header("authorization", &format!("Bearer {TOKEN}")),
+            req(Method::GET, "/")
+                .via_tailscaled()
+                .navigation()
+                .header("tailscale-user-login", "alice@example.com"),
+            req(Method::POST, "/login")
+                .same_origin()
+                .form(&[("token", TOKEN)]),
+            req(Method::POST, "/agent/alice/message")
+                .cookie(&b.cookie)
+                .same_origin()
+                .form(&[("csrf", &b.csrf), ("body", "rebound")]),
+            req(Method::GET, "/healthz"),
+        ] {
+            let r = app.send(r.host(host).build()).await;
+            assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+            assert!(r.header("set-cookie").is_none(), "{host}");
+        }
+    }
+    // A loopback proxy's X-Forwarded-Host is checked the same way.
+    let r = app
+        .send(
+            req(Method::GET, "/")
+                .cookie(&b.cookie)
+                .header("x-forwarded-host", "attacker.example")
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);
+    assert_eq!(app.core.calls().len(), calls, "no call reached the core");
+    assert_unchanged(&app, &before);
+    // Our own names still work: the listen address and localhost.
+    for host in [HOST, "localhost:8080", "LOCALHOST"] {
+        let r = app
+            .send(req(Method::GET, "/").cookie(&b.cookie).host(host).build())
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{host}");
+    }
+}
+
+#[tokio::test]
+async fn image_style_requests_mint_no_session() {
+    let app = TestApp::with_tailscale(&["alice@example.com"]);
+    // What a foreign page's <img>, <script>, <iframe> or fetch() make the
+    // operator's browser send through tailscale serve.
+    let embedded = [
+        ("image", "cross-site"),
+        ("script", "cross-site"),
+        ("iframe", "cross-site"),
+        ("document", "cross-site"),
+        ("document", "same-site"),
+        ("empty", "same-origin"),
+    ];
+    for _ in 0..50 {
+        for (dest, site) in embedded {
+            let r = app
+                .send(
+                    req(Method::GET, "/")
+                        .via_tailscaled()
+                        .header("sec-fetch-dest", dest)
+                        .header("sec-fetch-site", site)
+                        .header("tailscale-user-login", "alice@example.com")
+                        .build(),
+                )
+                .await;
+            assert!(r.header("set-cookie").is_none(), "{dest} {site}");
+        }
+        // Without any Sec-Fetch header (not a browser navigation) either.
+        let r = app
+            .send(
+                req(Method::GET, "/")
+                    .via_tailscaled()
+                    .header("tailscale-user-login", "alice@example.com")
+                    .build(),
+            )
+            .await;
+        assert!(r.header("set-cookie").is_none());
+    }
+    assert_eq!(app.state.sessions.len(), 0, "no session was minted");
+    // The operator typing the address, or following our own link, does.
+    for site in ["none", "same-origin"] {
+        let r = app
+            .send(
+                req(Method::GET, "/")
+                    .via_tailscaled()
+                    .header("sec-fetch-dest", "document")
+                    .header("sec-fetch-site", site)
+                    .header("tailscale-user-login", "alice@example.com")
+                    .build(),
+            )
+            .await;
+        assert!(r.header("set-cookie").is_some(), "{site}");
+    }
+    assert_eq!(app.state.sessions.len(), 2);
+}
+
+#[tokio::test]
 async fn without_the_flag_a_tailscale_header_is_never_believed() {
     let app = TestApp::new();
     let r = app
         .send(
             req(Method::GET, "/")
+                .via_tailscaled()
+                .navigation()
                 .header("tailscale-user-login", "alice@example.com")
                 .build(),
         )

@@ -120,3 +120,29 @@ impl Http {
         Ok(set.split(';').next().unwrap_or_default().to_owned())
     }
 }
+
+/// Sends `request` (raw HTTP/1.1 bytes) to `127.0.0.1:port` from a child
+/// process running as `uid`/`gid` (bash's `/dev/tcp`, so the connection is
+/// that uid's socket as the kernel sees it) and returns everything the
+/// server answered. The caller must be root to pick another uid.
+pub fn raw_request_as(uid: u32, gid: u32, port: u16, request: &str) -> String {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new("bash")
+        .args([
+            "-c",
+            "exec 3<>\"/dev/tcp/127.0.0.1/$PORT\" && printf '%s' \"$REQUEST\" >&3 && cat <&3",
+        ])
+        .env("PORT", port.to_string())
+        .env("REQUEST", request)
+        .current_dir("/")
+        .gid(gid)
+        .uid(uid)
+        .output()
+        .expect("run bash as the client");
+    assert!(
+        out.status.success(),
+        "the client as uid {uid} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

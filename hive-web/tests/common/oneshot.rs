@@ -9,7 +9,9 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
 use axum::Router;
+use hive_web::auth::AccessPolicy;
 use hive_web::hub::EventHub;
+use hive_web::sock_diag::PeerSocket;
 use hive_web::tokens::TokenSet;
 use hive_web::{app, AppState};
 use http_body_util::BodyExt;
@@ -25,6 +27,9 @@ pub const HOST: &str = "127.0.0.1:8080";
 pub const ORIGIN: &str = "http://127.0.0.1:8080";
 pub const LOOPBACK: &str = "127.0.0.1:40000";
 pub const REMOTE: &str = "192.0.2.10:40000";
+/// The uid the kernel names, in these tests, as the owner of a connection
+/// that is not `tailscaled`'s: some local user.
+pub const LOCAL_USER_UID: u32 = 1000;
 
 pub struct TestApp {
     pub core: Arc<FakeCore>,
@@ -67,12 +72,9 @@ impl TestApp {
         let core = Arc::new(FakeCore::demo());
         let hub = Arc::new(EventHub::new());
         let tokens = TokenSet::parse(&format!("# test\n{TOKEN}\nops2:{TOKEN2}\n")).unwrap();
-        let state = AppState::new(
-            core.clone(),
-            hub.clone(),
-            tokens,
-            trusted.iter().map(|s| s.to_string()).collect(),
-        );
+        let mut access = AccessPolicy::for_listen(HOST.parse().unwrap());
+        access.trusted_tailscale = trusted.iter().map(|s| s.to_string()).collect();
+        let state = AppState::new(core.clone(), hub.clone(), tokens, access);
         let router = app(state.clone());
         Self {
             core,
@@ -171,6 +173,8 @@ pub struct ReqBuilder {
     headers: Vec<(String, String)>,
     body: Body,
     peer: SocketAddr,
+    /// Who the kernel would say opened the connection.
+    conn_uid: u32,
 }
 
 pub fn req(method: Method, path: &str) -> ReqBuilder {
@@ -180,6 +184,7 @@ pub fn req(method: Method, path: &str) -> ReqBuilder {
         headers: vec![("host".into(), HOST.into())],
         body: Body::empty(),
         peer: LOOPBACK.parse().unwrap(),
+        conn_uid: LOCAL_USER_UID,
     }
 }
 
@@ -187,6 +192,12 @@ impl ReqBuilder {
     pub fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.to_owned(), v.to_owned()));
         self
+    }
+
+    /// Replaces the `Host` header.
+    pub fn host(mut self, host: &str) -> Self {
+        self.headers.retain(|(k, _)| k != "host");
+        self.header("host", host)
     }
 
     pub fn cookie(self, cookie: &str) -> Self {
@@ -197,6 +208,24 @@ impl ReqBuilder {
     pub fn same_origin(self) -> Self {
         self.header("origin", ORIGIN)
             .header("sec-fetch-site", "same-origin")
+    }
+
+    /// The connection is `tailscaled`'s (uid 0), as `tailscale serve`'s is.
+    pub fn via_tailscaled(mut self) -> Self {
+        self.conn_uid = 0;
+        self
+    }
+
+    /// The connection belongs to `uid`.
+    pub fn conn_uid(mut self, uid: u32) -> Self {
+        self.conn_uid = uid;
+        self
+    }
+
+    /// What a browser sends when the operator loads a page at the top level.
+    pub fn navigation(self) -> Self {
+        self.header("sec-fetch-dest", "document")
+            .header("sec-fetch-site", "none")
     }
 
     pub fn peer(mut self, addr: &str) -> Self {
@@ -228,6 +257,11 @@ impl ReqBuilder {
         }
         let mut r = b.body(self.body).unwrap();
         r.extensions_mut().insert(ConnectInfo(self.peer));
+        r.extensions_mut().insert(PeerSocket::known(
+            HOST.parse().unwrap(),
+            self.peer,
+            self.conn_uid,
+        ));
         r
     }
 }
