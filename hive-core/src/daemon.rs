@@ -26,8 +26,8 @@ use crate::config::{Config, RuntimeKind};
 use crate::hive::Hive;
 use crate::operator_socket::{self, AdminEndpoint, WebEndpoint, OPERATOR_SOCKET_MODE};
 use crate::peer::{self, PeerError};
-use crate::runtime::process::{AgentLaunch, ProcessRuntime, ProcessSettings, STOP_GRACE};
-use crate::runtime::{Control, DetachedRuntime, Runtime};
+use crate::runtime::process::{ProcessRuntime, ProcessSettings, STOP_GRACE};
+use crate::runtime::{AgentSpec, Control, DetachedRuntime, Runtime};
 use crate::unix_socket::{self, SocketSetupError};
 use crate::{agent_socket, Error};
 
@@ -144,7 +144,11 @@ impl Daemon {
         let scheduler_stop = shutdown.clone().cancelled_owned();
         tracker.spawn(async move { scheduler_hive.run_scheduler(scheduler_stop).await });
 
+        let adopted = runtime.adopt().await;
         for agent in runtime.autostart() {
+            if adopted.contains(&agent) {
+                continue;
+            }
             if let Err(e) = runtime.start(&agent).await {
                 tracing::error!(agent = %agent, error = %e, "could not start agent");
             }
@@ -220,24 +224,16 @@ pub fn runtime_from_config(
     hide: Vec<PathBuf>,
 ) -> Result<Arc<dyn Runtime>, DaemonError> {
     match config.runtime {
-        RuntimeKind::Detached => Ok(Arc::new(DetachedRuntime)),
+        RuntimeKind::Detached => Ok(Arc::new(DetachedRuntime::default())),
         RuntimeKind::Process => {
             let mut agents = std::collections::BTreeMap::new();
             for (name, policy) in &config.agents {
-                let command = policy
-                    .command
-                    .clone()
-                    .ok_or_else(|| DaemonError::NoCommand {
+                let spec = AgentSpec::from_config(config, name, policy).ok_or_else(|| {
+                    DaemonError::NoCommand {
                         agent: name.to_string(),
-                    })?;
-                agents.insert(
-                    name.clone(),
-                    AgentLaunch {
-                        command,
-                        socket_dir: config.agent_socket_dir(name),
-                        state_dir: config.agent_state_dir(name),
-                    },
-                );
+                    }
+                })?;
+                agents.insert(name.clone(), spec);
             }
             let mut hide = hide;
             hide.extend([config.runtime_dir.clone(), config.state_dir.clone()]);

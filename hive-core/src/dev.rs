@@ -35,7 +35,7 @@ use tokio::process::Command;
 use crate::config::{AgentPolicy, Config, RuntimeKind};
 use crate::daemon::{self, Daemon, DaemonError, Options};
 use crate::peer::{self, PeerError};
-use crate::runtime::process::{Supervised, STOP_GRACE};
+use crate::runtime::supervise::{Supervised, STOP_GRACE};
 use crate::unix_socket::{self, SocketSetupError};
 
 /// The agents `dev` runs when `--agents` is not given.

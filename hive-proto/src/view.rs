@@ -213,9 +213,16 @@ pub enum RunState {
     Stopped,
     Starting,
     Running,
+    /// Frozen (its cgroup, or SIGSTOP): nothing is delivered, messages queue.
     Paused,
     /// It exited when it should not have.
     Crashed,
+    // Appended, not sorted in: postcard numbers variants by position.
+    /// Asked to stop; SIGTERM sent, waiting for it to exit.
+    Stopping,
+    /// Stopped after its `idle_timeout` without traffic; a message for it
+    /// starts it again.
+    Idle,
 }
 
 /// One agent's row on the dashboard and in `hivectl agents`.

@@ -110,6 +110,8 @@ fn run_state() -> impl Strategy<Value = RunState> {
         Just(RunState::Running),
         Just(RunState::Paused),
         Just(RunState::Crashed),
+        Just(RunState::Stopping),
+        Just(RunState::Idle),
     ]
 }
 

@@ -510,7 +510,9 @@ pub fn run_state(s: RunState) -> &'static str {
         RunState::Stopped => "stopped",
         RunState::Starting => "starting",
         RunState::Running => "running",
+        RunState::Stopping => "stopping",
         RunState::Paused => "paused",
+        RunState::Idle => "idle",
         RunState::Crashed => "crashed",
     }
 }

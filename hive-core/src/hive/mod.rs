@@ -121,6 +121,10 @@ pub trait RuntimeControl: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<String>, Refusal>>;
     /// What the runtime last saw of the agent.
     fn run_state(&self, agent: &AgentName) -> RunState;
+    /// The runtime's half of the agent's status row.
+    fn agent_view(&self, agent: &AgentName) -> crate::runtime::AgentView {
+        crate::runtime::AgentView::of_state(self.run_state(agent))
+    }
 }
 
 /// What [`Hive::events_after`] found for a resuming subscriber.

@@ -2,26 +2,216 @@
 //!
 //! [`Runtime`] is shaped for the three backends of DESIGN §5 — every
 //! lifecycle verb of the operator protocol is one method, each answering
-//! `unsupported` by default, so `nspawn` and `nixos-container` can fill in
-//! exactly what they support. Only [`process::ProcessRuntime`] (child
-//! processes, development only) and [`DetachedRuntime`] (nothing is
-//! started; agents attach to their sockets by hand) exist today.
+//! `unsupported` by default, so each backend fills in exactly what it
+//! supports. What every backend shares lives beside them:
+//!
+//! - [`supervise`]: spawn a child, watch it, stop it (SIGTERM, grace,
+//!   SIGKILL); also how `dev` runs `hive-web`.
+//! - [`journal`]: the bounded journal of what an agent wrote.
+//! - [`process`]: the `process` backend (bubblewrap, development only).
+//! - [`DetachedRuntime`]: nothing is started; agents attach by hand.
+//!
+//! Agents come and go at run time ([`Runtime::set_agent`],
+//! [`Runtime::remove_agent`]), each described by an [`AgentSpec`]; every
+//! exit of an agent's program is published on [`Runtime::exits`] as a
+//! [`RuntimeExit`] for the supervision layer, and [`Runtime::view`] gives
+//! the status row's runtime half ([`AgentView`]).
 //!
 //! [`Control`] adapts a runtime to [`crate::hive::RuntimeControl`], the
 //! narrow interface the operator verbs call. This module must never touch
-//! the store or the sockets: it runs agents, nothing else.
+//! the store or the sockets: it runs agents, nothing else, and never
+//! decides whether a crashed agent is restarted (that is the supervision
+//! layer's policy).
 
 pub mod container_name;
+pub mod journal;
 pub mod process;
+pub mod supervise;
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use hive_proto::operator::LifecycleAction;
 use hive_proto::view::{ErrorCode, RunState};
 use hive_proto::AgentName;
+use tokio::sync::broadcast;
 
+use crate::config::{AgentPolicy, Config, Limits};
 use crate::hive::{Refusal, RuntimeControl};
+
+/// Journal lines carried by a [`RuntimeExit`].
+pub const EXIT_TAIL_LINES: usize = 20;
+/// Exits buffered for a slow subscriber of [`Runtime::exits`]; one that
+/// falls further behind sees `Lagged` and should re-read [`Runtime::view`].
+pub const EXIT_FEED_CAPACITY: usize = 256;
+
+/// A host path bound read-only into the agent's container or sandbox
+/// (secrets at `/run/secrets`, tools the command needs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoBind {
+    pub host: PathBuf,
+    /// Absolute path inside the container.
+    pub inside: PathBuf,
+}
+
+/// Everything a runtime needs to run one agent; built from the agent's
+/// validated config ([`AgentSpec::from_config`]) or handed over at run time
+/// by the config repo for approvals and spawns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AgentSpec {
+    /// argv run inside the container; `command[0]` is looked up on `PATH`
+    /// unless absolute.
+    pub command: Vec<String>,
+    /// Extra environment (never secrets: those are files under `ro_binds`).
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub ro_binds: Vec<RoBind>,
+    /// Host path of `<runtime_dir>/agents/<name>/` (holds `agent.sock`),
+    /// seen inside as `/run/hive`.
+    pub socket_dir: PathBuf,
+    /// Host path of the agent's state dir, seen inside as `/state`;
+    /// created if missing.
+    pub state_dir: PathBuf,
+}
+
+impl AgentSpec {
+    /// The spec the daemon config gives `name`; `None` when it has no
+    /// `command` (nothing to run).
+    pub fn from_config(config: &Config, name: &AgentName, policy: &AgentPolicy) -> Option<Self> {
+        Some(Self {
+            command: policy.command.clone()?,
+            env: policy.env.clone(),
+            limits: policy.limits,
+            ro_binds: Vec::new(),
+            socket_dir: config.agent_socket_dir(name),
+            state_dir: config.agent_state_dir(name),
+        })
+    }
+}
+
+/// Why an agent's program ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitReason {
+    /// It exited with this status.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+    /// The kernel's OOM killer killed it for exceeding `limits.memory`.
+    OutOfMemory,
+    /// An adopted container's leader is gone and its status is unknowable
+    /// (it was not our child).
+    Vanished,
+}
+
+impl ExitReason {
+    /// From a child's wait status.
+    pub fn from_status(status: std::process::ExitStatus) -> Self {
+        use std::os::unix::process::ExitStatusExt;
+        match (status.code(), status.signal()) {
+            (Some(code), _) => Self::Exited(code),
+            (None, Some(sig)) => Self::Signaled(sig),
+            (None, None) => Self::Vanished,
+        }
+    }
+
+    /// Whether this is a clean `exit 0`.
+    pub fn is_success(&self) -> bool {
+        *self == Self::Exited(0)
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Exited(code) => write!(f, "exited with status {code}"),
+            Self::Signaled(sig) => match nix::sys::signal::Signal::try_from(*sig) {
+                Ok(s) => write!(f, "killed by signal {sig} ({s})"),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+            Self::OutOfMemory => f.write_str("killed by the kernel: out of memory (OOM)"),
+            Self::Vanished => f.write_str("its init is gone (exit status unknown)"),
+        }
+    }
+}
+
+/// One exit of an agent's program, published on [`Runtime::exits`].
+#[derive(Clone, Debug)]
+pub struct RuntimeExit {
+    pub agent: AgentName,
+    pub reason: ExitReason,
+    /// A stop was asked for (stop, restart, destroy, shutdown): not a crash.
+    pub requested: bool,
+    /// The last [`EXIT_TAIL_LINES`] lines of its journal, oldest first.
+    pub journal_tail: Vec<String>,
+    /// When the runtime saw it, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// The sending half of [`Runtime::exits`], owned by a backend.
+#[derive(Clone)]
+pub struct ExitFeed(broadcast::Sender<RuntimeExit>);
+
+impl Default for ExitFeed {
+    fn default() -> Self {
+        Self(broadcast::channel(EXIT_FEED_CAPACITY).0)
+    }
+}
+
+impl ExitFeed {
+    pub fn subscribe(&self) -> broadcast::Receiver<RuntimeExit> {
+        self.0.subscribe()
+    }
+
+    /// Publishes an exit (and logs it); nobody listening is fine.
+    pub fn publish(&self, exit: RuntimeExit) {
+        if exit.requested {
+            tracing::info!(agent = %exit.agent, reason = %exit.reason, "agent stopped");
+        } else {
+            tracing::warn!(agent = %exit.agent, reason = %exit.reason, "agent exited unexpectedly");
+        }
+        let _ = self.0.send(exit);
+    }
+}
+
+/// A range of host uids (and gids) an agent's user namespace maps onto:
+/// root inside is `base` outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct UidRange {
+    pub base: u32,
+    pub count: u32,
+}
+
+/// What a runtime knows of one agent, for its status row.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentView {
+    pub state: RunState,
+    /// `h-<name>`, shortened where a tool's limit needs it.
+    pub container: Option<String>,
+    pub uid_range: Option<UidRange>,
+    /// The container's init (or the process) while it runs.
+    pub leader_pid: Option<u32>,
+    /// The host side of its veth, for the network layer.
+    pub host_veth: Option<String>,
+    /// Why it last ended, when that was not asked for.
+    pub crash: Option<ExitReason>,
+}
+
+impl AgentView {
+    /// A view with only a state.
+    pub fn of_state(state: RunState) -> Self {
+        Self {
+            state,
+            container: None,
+            uid_range: None,
+            leader_pid: None,
+            host_veth: None,
+            crash: None,
+        }
+    }
+}
 
 /// Why a runtime could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +240,19 @@ pub enum RuntimeError {
         agent: AgentName,
         source: nix::Error,
     },
+    #[error("agent {agent}: {what} {path}: {source}")]
+    Io {
+        agent: AgentName,
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("agent {agent}: refusing to purge {path}: {why}")]
+    PurgeRefused {
+        agent: AgentName,
+        path: PathBuf,
+        why: &'static str,
+    },
 }
 
 impl RuntimeError {
@@ -68,7 +271,8 @@ impl From<RuntimeError> for Refusal {
             RuntimeError::Unsupported { .. } => ErrorCode::Unsupported,
             RuntimeError::UnknownAgent(_) => ErrorCode::NotFound,
             RuntimeError::AlreadyRunning(_) | RuntimeError::NotRunning(_) => ErrorCode::Conflict,
-            RuntimeError::Spawn { .. } | RuntimeError::Signal { .. } => {
+            RuntimeError::PurgeRefused { .. } => ErrorCode::Conflict,
+            RuntimeError::Spawn { .. } | RuntimeError::Signal { .. } | RuntimeError::Io { .. } => {
                 tracing::error!(error = %e, "runtime failure");
                 ErrorCode::Internal
             }
@@ -119,14 +323,42 @@ pub trait Runtime: Send + Sync + 'static {
         Box::pin(async move { Err(RuntimeError::unsupported(self.name(), "rebuild")) })
     }
 
-    /// Remove the agent's container (its state dir stays).
-    fn destroy<'a>(&'a self, agent: &'a AgentName) -> Res<'a> {
-        let _ = agent;
+    /// Removes the agent's container; its state dir stays unless `purge`,
+    /// which removes that agent's own dirs and nothing else.
+    fn destroy<'a>(&'a self, agent: &'a AgentName, purge: bool) -> Res<'a> {
+        let _ = (agent, purge);
         Box::pin(async move { Err(RuntimeError::unsupported(self.name(), "destroy")) })
     }
 
+    /// Adds an agent, or changes how it runs from its next start (a running
+    /// agent keeps running as it was until restarted or rebuilt).
+    fn set_agent<'a>(&'a self, agent: &'a AgentName, spec: AgentSpec) -> Res<'a> {
+        let _ = (agent, spec);
+        Box::pin(async move { Err(RuntimeError::unsupported(self.name(), "adding agents")) })
+    }
+
+    /// Stops the agent if it runs and forgets it; its dirs stay.
+    fn remove_agent<'a>(&'a self, agent: &'a AgentName) -> Res<'a> {
+        let _ = agent;
+        Box::pin(async move { Err(RuntimeError::unsupported(self.name(), "removing agents")) })
+    }
+
+    /// Every exit of an agent's program from now on, asked for or not.
+    fn exits(&self) -> broadcast::Receiver<RuntimeExit>;
+
     /// What the runtime last saw of the agent; cheap, never blocks.
     fn state(&self, agent: &AgentName) -> RunState;
+
+    /// The runtime's half of the agent's status row; cheap, never blocks.
+    fn view(&self, agent: &AgentName) -> AgentView {
+        AgentView::of_state(self.state(agent))
+    }
+
+    /// Finds agents still running from a previous daemon and takes them
+    /// over instead of starting them twice; returns the adopted ones.
+    fn adopt(&self) -> BoxFuture<'_, Vec<AgentName>> {
+        Box::pin(async { Vec::new() })
+    }
 
     /// The last `lines` lines the agent wrote to its stdout and stderr.
     fn journal(&self, agent: &AgentName, lines: u32) -> Result<Vec<String>, RuntimeError> {
@@ -139,7 +371,9 @@ pub trait Runtime: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Stops every agent it started, for the daemon's exit.
+    /// The daemon is exiting: the `process` runtime stops its children;
+    /// a container runtime may leave its containers running for the next
+    /// daemon to [`adopt`](Runtime::adopt).
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
@@ -158,7 +392,7 @@ pub async fn apply(
         LifecycleAction::Pause => rt.pause(agent).await,
         LifecycleAction::Resume => rt.resume(agent).await,
         LifecycleAction::Rebuild => rt.rebuild(agent).await,
-        LifecycleAction::Destroy => rt.destroy(agent).await,
+        LifecycleAction::Destroy => rt.destroy(agent, false).await,
     }
 }
 
@@ -189,16 +423,27 @@ impl RuntimeControl for Control {
     fn run_state(&self, agent: &AgentName) -> RunState {
         self.0.state(agent)
     }
+
+    fn agent_view(&self, agent: &AgentName) -> AgentView {
+        self.0.view(agent)
+    }
 }
 
 /// Starts nothing: each agent's socket exists and whatever connects to it
 /// is that agent. For tests, and for harnesses started by hand.
-#[derive(Debug, Default)]
-pub struct DetachedRuntime;
+#[derive(Default)]
+pub struct DetachedRuntime {
+    /// Never sent on: nothing runs, so nothing exits.
+    exits: ExitFeed,
+}
 
 impl Runtime for DetachedRuntime {
     fn name(&self) -> &'static str {
         "detached"
+    }
+
+    fn exits(&self) -> broadcast::Receiver<RuntimeExit> {
+        self.exits.subscribe()
     }
 
     fn state(&self, _agent: &AgentName) -> RunState {
@@ -212,7 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn detached_refuses_every_lifecycle_action_clearly() {
-        let rt = DetachedRuntime;
+        let rt = DetachedRuntime::default();
         let a = AgentName::new("alice").unwrap();
         for action in [
             LifecycleAction::Start,

@@ -11,36 +11,34 @@
 //! isolation and the agent keeps the daemon's uid — that is what the
 //! `nspawn` and `nixos-container` runtimes are for.
 //!
-//! [`Supervised`] is also how `hive-core dev` runs `hive-web`: spawn, watch
-//! for exit, stop with SIGTERM and then SIGKILL after a grace period. This
-//! module must never touch the store or the sockets.
+//! Each agent runs through [`Supervised`] (it dies with the daemon) with its
+//! output in a [`Journal`]; every exit is published on [`Runtime::exits`].
+//! `limits` are not applied here (there is no cgroup of the agent's own).
+//! This module must never touch the store or the sockets.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, Read as _};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use hive_proto::view::RunState;
 use hive_proto::AgentName;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use nix::sys::signal::Signal;
 use tokio::process::Command;
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
-use super::{Runtime, RuntimeError};
+use super::journal::Journal;
+use super::supervise::{InnerPid, Supervised};
+use super::{
+    AgentSpec, AgentView, ExitFeed, ExitReason, Runtime, RuntimeError, RuntimeExit, EXIT_TAIL_LINES,
+};
 
-/// How long a stopped agent gets between SIGTERM and SIGKILL.
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
-/// Lines of each agent's output kept for `Journal`.
-pub const JOURNAL_LINES: usize = 2000;
-/// Longest journal line kept, in bytes; the rest of a longer line is dropped.
-pub const JOURNAL_LINE_MAX: usize = 4096;
+pub use super::supervise::STOP_GRACE;
+
 /// Where the agent's socket directory appears inside the sandbox.
 pub const SANDBOX_SOCKET_DIR: &str = "/run/hive";
 /// Where the agent's state directory appears inside the sandbox.
@@ -52,21 +50,11 @@ const INFO_TIMEOUT: Duration = Duration::from_secs(5);
 /// `PATH` given to agents when the daemon has none.
 const DEFAULT_PATH: &str = "/run/current-system/sw/bin:/usr/local/bin:/usr/bin:/bin";
 
-/// How to run one agent.
-#[derive(Clone, Debug)]
-pub struct AgentLaunch {
-    /// argv; `command[0]` is looked up on `PATH` unless absolute.
-    pub command: Vec<String>,
-    /// Host path of `<runtime_dir>/agents/<name>/` (holds `agent.sock`).
-    pub socket_dir: PathBuf,
-    /// Host path of the agent's state dir; created if missing.
-    pub state_dir: PathBuf,
-}
-
 /// The process runtime's settings.
 #[derive(Clone, Debug)]
 pub struct ProcessSettings {
-    pub agents: BTreeMap<AgentName, AgentLaunch>,
+    /// The agents it starts with; more come with [`Runtime::set_agent`].
+    pub agents: BTreeMap<AgentName, AgentSpec>,
     /// Host paths the sandbox hides (the hive's runtime and state dirs, the
     /// dev state dir holding the operator token).
     pub hide: Vec<PathBuf>,
@@ -81,12 +69,28 @@ pub struct ProcessRuntime {
     /// The working `bwrap`, if any.
     bwrap: Option<PathBuf>,
     slots: Arc<Mutex<HashMap<AgentName, Slot>>>,
+    exits: ExitFeed,
 }
 
 struct Slot {
+    spec: AgentSpec,
     state: RunState,
     child: Option<Arc<Supervised>>,
     journal: Journal,
+    /// Why it last ended on its own.
+    crash: Option<ExitReason>,
+}
+
+impl Slot {
+    fn new(spec: AgentSpec) -> Self {
+        Self {
+            spec,
+            state: RunState::Stopped,
+            child: None,
+            journal: Journal::default(),
+            crash: None,
+        }
+    }
 }
 
 impl ProcessRuntime {
@@ -105,20 +109,14 @@ impl ProcessRuntime {
         }
         let slots = settings
             .agents
-            .keys()
-            .map(|name| {
-                let slot = Slot {
-                    state: RunState::Stopped,
-                    child: None,
-                    journal: Journal::default(),
-                };
-                (name.clone(), slot)
-            })
+            .iter()
+            .map(|(name, spec)| (name.clone(), Slot::new(spec.clone())))
             .collect();
         Self {
             settings,
             bwrap,
             slots: Arc::new(Mutex::new(slots)),
+            exits: ExitFeed::default(),
         }
     }
 
@@ -141,10 +139,11 @@ impl ProcessRuntime {
 
     async fn start_agent(&self, agent: &AgentName) -> Result<(), RuntimeError> {
         let launch = self
-            .settings
-            .agents
+            .lock()
             .get(agent)
+            .map(|s| s.spec.clone())
             .ok_or_else(|| RuntimeError::UnknownAgent(agent.clone()))?;
+        let launch = &launch;
         if self.running(agent)?.is_some() {
             return Err(RuntimeError::AlreadyRunning(agent.clone()));
         }
@@ -164,32 +163,49 @@ impl ProcessRuntime {
                     .map_err(spawn_err("preparing bubblewrap"))?;
                 (cmd, Some(info))
             }
-            None => (plain_command(agent, launch), None),
+            None => {
+                if !launch.ro_binds.is_empty() {
+                    return Err(spawn_err("binding read-only paths")(io::Error::other(
+                        "read-only binds need the bubblewrap sandbox, which is not available",
+                    )));
+                }
+                (plain_command(agent, launch), None)
+            }
         };
         let journal = self.lock().get(agent).map(|s| s.journal.clone());
         let slots = Arc::clone(&self.slots);
+        let exits = self.exits.clone();
         let name = agent.clone();
         let on_exit = move |status: ExitStatus, stopping: bool| {
+            let reason = ExitReason::from_status(status);
             let mut slots = slots.lock().unwrap_or_else(|e| e.into_inner());
+            let mut journal_tail = Vec::new();
             if let Some(slot) = slots.get_mut(&name) {
                 slot.state = if stopping {
                     RunState::Stopped
                 } else {
                     RunState::Crashed
                 };
+                slot.crash = (!stopping).then(|| reason.clone());
+                journal_tail = slot.journal.tail(EXIT_TAIL_LINES);
             }
-            if stopping {
-                tracing::info!(agent = %name, %status, "agent stopped");
-            } else {
-                tracing::warn!(agent = %name, %status, "agent exited unexpectedly");
-            }
+            drop(slots);
+            exits.publish(RuntimeExit {
+                agent: name,
+                reason,
+                requested: stopping,
+                journal_tail,
+                at_ms: crate::now_ms(),
+            });
         };
         {
             let mut slots = self.lock();
             if let Some(slot) = slots.get_mut(agent) {
                 slot.state = RunState::Starting;
+                slot.crash = None;
             }
         }
+        let info = info.map(|i| Box::new(i) as Box<dyn InnerPid>);
         let child = Supervised::spawn(cmd, agent.as_str(), journal, info, Box::new(on_exit))
             .await
             .map_err(spawn_err("spawning"));
@@ -199,7 +215,7 @@ impl ProcessRuntime {
             .ok_or_else(|| RuntimeError::UnknownAgent(agent.clone()))?;
         match child {
             Ok(child) => {
-                tracing::info!(agent = %agent, pid = child.target.as_raw(), sandboxed = self.bwrap.is_some(), "agent started");
+                tracing::info!(agent = %agent, pid = child.pid(), sandboxed = self.bwrap.is_some(), "agent started");
                 if !child.has_exited() {
                     slot.state = RunState::Running;
                 }
@@ -217,6 +233,9 @@ impl ProcessRuntime {
         let Some(child) = self.running(agent)? else {
             return Ok(());
         };
+        if let Some(slot) = self.lock().get_mut(agent) {
+            slot.state = RunState::Stopping;
+        }
         child.stop(self.settings.stop_grace).await;
         Ok(())
     }
@@ -248,7 +267,7 @@ impl ProcessRuntime {
         &self,
         bwrap: &Path,
         agent: &AgentName,
-        launch: &AgentLaunch,
+        launch: &AgentSpec,
     ) -> io::Result<(Command, InfoPipe)> {
         let mut args: Vec<String> = vec![
             "--die-with-parent".into(),
@@ -315,6 +334,9 @@ impl ProcessRuntime {
             utf8(&launch.state_dir)?,
             SANDBOX_STATE_DIR.into(),
         ]);
+        for bind in &launch.ro_binds {
+            args.extend(["--ro-bind".into(), utf8(&bind.host)?, utf8(&bind.inside)?]);
+        }
         // The agent's binary stays reachable even if it lives under a hidden
         // or fresh directory.
         if launch.command[0].starts_with('/') {
@@ -335,6 +357,7 @@ impl ProcessRuntime {
         agent_env(
             &mut cmd,
             agent,
+            launch,
             &format!("{SANDBOX_SOCKET_DIR}/agent.sock"),
             SANDBOX_STATE_DIR,
         );
@@ -374,6 +397,15 @@ pub struct InfoPipe {
     write: OwnedFd,
 }
 
+impl InnerPid for InfoPipe {
+    fn after_spawn(self: Box<Self>) -> BoxFuture<'static, Option<i32>> {
+        let InfoPipe { read, write } = *self;
+        // Close our copy of the write end now that the child has its own.
+        drop(write);
+        Box::pin(read_child_pid(read))
+    }
+}
+
 impl Runtime for ProcessRuntime {
     fn name(&self) -> &'static str {
         "process"
@@ -406,11 +438,70 @@ impl Runtime for ProcessRuntime {
         })
     }
 
+    fn destroy<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        purge: bool,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        let _ = (agent, purge);
+        Box::pin(async {
+            Err(RuntimeError::Unsupported {
+                runtime: "process",
+                action: "destroy",
+                hint: "; a process has no container to destroy, use stop",
+            })
+        })
+    }
+
+    fn set_agent<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        spec: AgentSpec,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            let mut slots = self.lock();
+            match slots.get_mut(agent) {
+                Some(slot) => slot.spec = spec,
+                None => {
+                    slots.insert(agent.clone(), Slot::new(spec));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn remove_agent<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(async move {
+            self.stop_agent(agent).await?;
+            self.lock().remove(agent);
+            Ok(())
+        })
+    }
+
+    fn exits(&self) -> broadcast::Receiver<RuntimeExit> {
+        self.exits.subscribe()
+    }
+
     fn state(&self, agent: &AgentName) -> RunState {
         self.lock()
             .get(agent)
             .map(|s| s.state)
             .unwrap_or(RunState::Unknown)
+    }
+
+    fn view(&self, agent: &AgentName) -> AgentView {
+        let slots = self.lock();
+        let Some(slot) = slots.get(agent) else {
+            return AgentView::of_state(RunState::Unknown);
+        };
+        let mut view = AgentView::of_state(slot.state);
+        view.leader_pid = slot
+            .child
+            .as_ref()
+            .filter(|c| !c.has_exited())
+            .map(|c| c.pid());
+        view.crash = slot.crash.clone();
+        view
     }
 
     fn journal(&self, agent: &AgentName, lines: u32) -> Result<Vec<String>, RuntimeError> {
@@ -422,7 +513,9 @@ impl Runtime for ProcessRuntime {
     }
 
     fn autostart(&self) -> Vec<AgentName> {
-        self.settings.agents.keys().cloned().collect()
+        let mut names: Vec<AgentName> = self.lock().keys().cloned().collect();
+        names.sort();
+        names
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -436,202 +529,6 @@ impl Runtime for ProcessRuntime {
             futures::future::join_all(children.iter().map(|c| c.stop(grace))).await;
         })
     }
-}
-
-/// The last lines a child wrote, shared between its output pumps and
-/// `Journal` requests.
-#[derive(Clone, Default)]
-pub struct Journal(Arc<Mutex<VecDeque<String>>>);
-
-impl Journal {
-    fn push(&self, line: String) {
-        let mut q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if q.len() == JOURNAL_LINES {
-            q.pop_front();
-        }
-        q.push_back(line);
-    }
-
-    pub fn tail(&self, n: usize) -> Vec<String> {
-        let q = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
-    }
-}
-
-/// Called once when a supervised child exits: its status and whether it was
-/// asked to stop.
-pub type OnExit = Box<dyn FnOnce(ExitStatus, bool) + Send>;
-
-/// A child process the daemon watches and can stop.
-pub struct Supervised {
-    /// Our direct child (bubblewrap, or the program itself).
-    leader: Pid,
-    /// Where SIGTERM, SIGSTOP and SIGCONT go: the program inside the sandbox
-    /// (bubblewrap would die at once and take it down with SIGKILL), or the
-    /// leader when there is no sandbox.
-    target: Pid,
-    exited: watch::Receiver<Option<ExitStatus>>,
-    stopping: Arc<AtomicBool>,
-}
-
-impl Supervised {
-    /// Spawns `cmd` in its own session (so a terminal's Ctrl-C reaches only
-    /// the daemon, which then stops its children in order), with stdout and
-    /// stderr captured line by line into `journal` and the daemon's log.
-    pub async fn spawn(
-        mut cmd: Command,
-        label: &str,
-        journal: Option<Journal>,
-        info: Option<InfoPipe>,
-        on_exit: OnExit,
-    ) -> io::Result<Arc<Self>> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(false);
-        // SAFETY: runs in the forked child before exec; setsid and prctl are
-        // async-signal-safe and touch only the child itself.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                // If the daemon dies without stopping us, go too. (Best
-                // effort: the kernel clears this on a uid change.)
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-                Ok(())
-            });
-        }
-        let spawned = cmd.spawn();
-        // Close our copy of the write end now that the child has its own.
-        let info = info.map(|InfoPipe { read, write }| {
-            drop(write);
-            read
-        });
-        let mut child = spawned?;
-        let leader = Pid::from_raw(
-            child
-                .id()
-                .and_then(|id| i32::try_from(id).ok())
-                .ok_or_else(|| io::Error::other("child exited before it had a pid"))?,
-        );
-        let journal = journal.unwrap_or_default();
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, label.to_owned(), journal.clone()));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, label.to_owned(), journal));
-        }
-        let (tx, exited) = watch::channel(None);
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stopping_w = Arc::clone(&stopping);
-        tokio::spawn(async move {
-            let status = match child.wait().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(error = %e, "waiting for a child failed");
-                    return;
-                }
-            };
-            on_exit(status, stopping_w.load(Ordering::SeqCst));
-            let _ = tx.send(Some(status));
-        });
-        let target = match info {
-            Some(fd) => match read_child_pid(fd).await {
-                Some(pid) => Pid::from_raw(pid),
-                None => {
-                    tracing::warn!(
-                        agent = label,
-                        "bubblewrap did not report the sandboxed pid; signals go to bubblewrap"
-                    );
-                    leader
-                }
-            },
-            None => leader,
-        };
-        Ok(Arc::new(Self {
-            leader,
-            target,
-            exited,
-            stopping,
-        }))
-    }
-
-    pub fn has_exited(&self) -> bool {
-        self.exited.borrow().is_some()
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.target.as_raw() as u32
-    }
-
-    /// Waits for the child to exit.
-    pub async fn wait(&self) -> Option<ExitStatus> {
-        let mut rx = self.exited.clone();
-        let r = rx.wait_for(Option::is_some).await;
-        r.ok().and_then(|s| *s)
-    }
-
-    pub fn signal(&self, signal: Signal) -> nix::Result<()> {
-        kill(self.target, signal)
-    }
-
-    /// SIGTERM (and SIGCONT, in case it is paused), then SIGKILL to the
-    /// program and its leader if it is still there after `grace`.
-    pub async fn stop(&self, grace: Duration) -> Option<ExitStatus> {
-        self.stopping.store(true, Ordering::SeqCst);
-        if self.has_exited() {
-            return self.wait().await;
-        }
-        let _ = kill(self.target, Signal::SIGTERM);
-        let _ = kill(self.target, Signal::SIGCONT);
-        match tokio::time::timeout(grace, self.wait()).await {
-            Ok(status) => status,
-            Err(_) => {
-                tracing::warn!(
-                    pid = self.target.as_raw(),
-                    "child ignored SIGTERM; killing it"
-                );
-                let _ = kill(self.target, Signal::SIGKILL);
-                let _ = kill(self.leader, Signal::SIGKILL);
-                self.wait().await
-            }
-        }
-    }
-}
-
-/// Copies a child's output into its journal and the daemon's log, line by
-/// line, cutting lines at [`JOURNAL_LINE_MAX`] bytes.
-async fn pump(mut out: impl AsyncRead + Unpin, label: String, journal: Journal) {
-    let mut buf = [0u8; 8192];
-    let mut line: Vec<u8> = Vec::new();
-    let mut overlong = false;
-    loop {
-        let n = match out.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                emit(&label, &journal, &line);
-                line.clear();
-                overlong = false;
-            } else if line.len() < JOURNAL_LINE_MAX {
-                line.push(b);
-            } else if !overlong {
-                overlong = true;
-            }
-        }
-    }
-    if !line.is_empty() {
-        emit(&label, &journal, &line);
-    }
-}
-
-fn emit(label: &str, journal: &Journal, line: &[u8]) {
-    let text = String::from_utf8_lossy(line).into_owned();
-    tracing::info!(target: "agent", agent = label, "{text}");
-    journal.push(text);
 }
 
 /// Reads bubblewrap's `--info-fd` report, `{"child-pid": N}`, stopping as
@@ -662,7 +559,7 @@ async fn read_child_pid(fd: OwnedFd) -> Option<i32> {
         .and_then(|p| i32::try_from(p).ok())
 }
 
-fn plain_command(agent: &AgentName, launch: &AgentLaunch) -> Command {
+fn plain_command(agent: &AgentName, launch: &AgentSpec) -> Command {
     let mut cmd = Command::new(&launch.command[0]);
     cmd.args(&launch.command[1..])
         .current_dir(&launch.state_dir);
@@ -670,6 +567,7 @@ fn plain_command(agent: &AgentName, launch: &AgentLaunch) -> Command {
     agent_env(
         &mut cmd,
         agent,
+        launch,
         &socket.to_string_lossy(),
         &launch.state_dir.to_string_lossy(),
     );
@@ -677,13 +575,15 @@ fn plain_command(agent: &AgentName, launch: &AgentLaunch) -> Command {
 }
 
 /// A clean environment: nothing of the daemon's leaks to an agent except
-/// `PATH` and the log filter.
-fn agent_env(cmd: &mut Command, agent: &AgentName, socket: &str, home: &str) {
+/// `PATH` and the log filter; then the agent's own `env`, then the
+/// runtime's `HIVE_*` (which `env` may not name).
+fn agent_env(cmd: &mut Command, agent: &AgentName, spec: &AgentSpec, socket: &str, home: &str) {
     cmd.env_clear()
         .env(
             "PATH",
             std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
         )
+        .envs(&spec.env)
         .env("HOME", home)
         .env("LANG", "C.UTF-8")
         .env("HIVE_AGENT", agent.as_str())
@@ -745,8 +645,13 @@ mod tests {
 
     fn runtime(dir: &Path, sandbox: bool, script: &str) -> (ProcessRuntime, AgentName) {
         let name = AgentName::new("alice").unwrap();
-        let launch = AgentLaunch {
+        let launch = AgentSpec {
             command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: [("GREETING".to_owned(), "hi".to_owned())]
+                .into_iter()
+                .collect(),
+            limits: Default::default(),
+            ro_binds: Vec::new(),
             socket_dir: dir.join("sock"),
             state_dir: dir.join("state"),
         };
@@ -780,8 +685,10 @@ mod tests {
             false,
             "trap 'echo got-term; exit 0' TERM; echo \"up $HIVE_SOCKET\"; while true; do sleep 0.05; done",
         );
+        let mut exits = rt.exits();
         rt.start(&a).await.unwrap();
         assert_eq!(rt.state(&a), RunState::Running);
+        assert!(rt.view(&a).leader_pid.is_some());
         let lines = wait_for_line(&rt, &a, "up ").await;
         assert!(lines[0].ends_with("sock/agent.sock"), "{lines:?}");
         assert!(matches!(
@@ -794,6 +701,9 @@ mod tests {
         rt.stop(&a).await.unwrap();
         assert_eq!(rt.state(&a), RunState::Stopped);
         wait_for_line(&rt, &a, "got-term").await;
+        let exit = exits.recv().await.unwrap();
+        assert!(exit.requested, "{exit:?}");
+        assert_eq!(rt.view(&a).crash, None);
         assert!(rt
             .rebuild(&a)
             .await
@@ -805,15 +715,50 @@ mod tests {
     #[tokio::test]
     async fn a_child_that_exits_on_its_own_is_crashed() {
         let dir = tempfile::tempdir().unwrap();
-        let (rt, a) = runtime(dir.path(), false, "exit 3");
+        let (rt, a) = runtime(dir.path(), false, "echo \"last words $GREETING\"; exit 3");
+        let mut exits = rt.exits();
         rt.start(&a).await.unwrap();
-        for _ in 0..500 {
-            if rt.state(&a) == RunState::Crashed {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("state is {:?}", rt.state(&a));
+        let exit = tokio::time::timeout(Duration::from_secs(5), exits.recv())
+            .await
+            .expect("an exit is published")
+            .unwrap();
+        assert_eq!(exit.agent, a);
+        assert_eq!(exit.reason, ExitReason::Exited(3));
+        assert!(!exit.requested);
+        assert_eq!(exit.journal_tail, ["last words hi"]);
+        let view = rt.view(&a);
+        assert_eq!(view.state, RunState::Crashed);
+        assert_eq!(view.crash, Some(ExitReason::Exited(3)));
+        assert_eq!(view.leader_pid, None);
+    }
+
+    #[tokio::test]
+    async fn agents_are_added_changed_and_removed_at_run_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (rt, a) = runtime(dir.path(), false, "exit 0");
+        let b = AgentName::new("bob").unwrap();
+        assert!(matches!(
+            rt.start(&b).await,
+            Err(RuntimeError::UnknownAgent(_))
+        ));
+        let mut spec = rt.lock()[&a].spec.clone();
+        spec.command = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo bob-$GREETING; sleep 30".into(),
+        ];
+        rt.set_agent(&b, spec.clone()).await.unwrap();
+        assert_eq!(rt.autostart(), [a.clone(), b.clone()]);
+        rt.start(&b).await.unwrap();
+        wait_for_line(&rt, &b, "bob-hi").await;
+        // A change applies from the next start.
+        spec.env.insert("GREETING".into(), "again".into());
+        rt.set_agent(&b, spec).await.unwrap();
+        rt.restart(&b).await.unwrap();
+        wait_for_line(&rt, &b, "bob-again").await;
+        rt.remove_agent(&b).await.unwrap();
+        assert_eq!(rt.state(&b), RunState::Unknown);
+        assert_eq!(rt.autostart(), [a]);
     }
 
     #[tokio::test]
