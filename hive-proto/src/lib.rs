@@ -12,6 +12,7 @@
 //! express it.
 
 pub mod agent;
+pub mod ci;
 pub mod client;
 pub mod codec;
 pub mod command_line;

@@ -108,18 +108,15 @@ impl Connection {
             shutdown: self.shutdown,
             out,
             out_bytes,
-            slow_consumer: false,
             in_flight: FuturesUnordered::new(),
-            reading: true,
-            closing: false,
+            phase: Phase::Reading,
             delivery: Delivery::default(),
         };
-        state.run(FramedRead::new(rd, LineCodec::default())).await;
-        let slow_consumer = state.slow_consumer;
+        let ended = state.run(FramedRead::new(rd, LineCodec::default())).await;
         // Dropping the state drops the queue's sender: the writer flushes what
         // is queued and ends, unless the peer stopped reading.
         drop(state);
-        if slow_consumer {
+        if ended == Gone::SlowConsumer {
             // It stopped reading: nothing queued would get through. Close now.
             writer.abort();
             let _ = writer.await;
@@ -178,30 +175,91 @@ struct PendingRecv {
 
 type Read = BoxFuture<'static, Result<Vec<Message>, Refusal>>;
 
+/// Where the connection is in its life. Each state says what the loop
+/// still does: read requests, answer what is in flight, answer a pending
+/// `recv`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests (up to [`MAX_IN_FLIGHT`] in flight).
+    Reading,
+    /// The peer has sent its last line (EOF): answer what is in flight and
+    /// a pending `recv`, then end.
+    PeerDone,
+    /// A fatal line, a read error or shutdown: answer what is in flight and
+    /// end, without waiting for a pending `recv`.
+    Closing,
+}
+
+/// Whether new messages are pushed on this connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    /// No `recv` has been answered yet: messages wait in the store for the
+    /// first one.
+    Quiet,
+    /// A `recv` was answered: every new message is pushed the moment it
+    /// commits.
+    Pushing,
+}
+
+/// How this connection's view of the inbox stands against the store.
+enum Backlog {
+    /// Everything the store held when the channel was subscribed (or last
+    /// lagged) has been read: new messages come from the channel.
+    Current,
+    /// The store may hold messages not delivered yet (a full page, or the
+    /// channel lagged): read the next page.
+    Behind,
+    /// A page of at most `page` messages is being read.
+    Reading { read: Read, page: u32 },
+}
+
+/// A `recv` that has not been answered yet.
+#[derive(Clone, Copy, Debug)]
+struct Asked {
+    p: PendingRecv,
+    /// `None` while the store read started for it is in flight; then, if it
+    /// found nothing, when the wait for the first new message ends.
+    until: Option<Instant>,
+}
+
 /// What this connection has delivered and what it is waiting for.
-#[derive(Default)]
 struct Delivery {
     /// The agent's inbox channel, subscribed at the first `recv`.
     inbox: Option<broadcast::Receiver<Arc<Message>>>,
     /// Highest message id sent to this connection. A new connection starts
     /// at 0, so whatever is unacknowledged is delivered again: at least once.
     last_delivered: u64,
-    /// After the first `recv` is answered, new messages are pushed.
-    listening: bool,
-    /// The store may hold undelivered messages (a full page, or the channel
-    /// lagged): read pages until one comes back short.
-    catching_up: bool,
-    /// A store read in flight, its page size, and the `recv` it answers (or
-    /// `None` for a catch-up page).
-    read: Option<(Read, u32, Option<PendingRecv>)>,
-    /// A `recv` that found nothing and waits for the first new message.
-    waiting: Option<(PendingRecv, Instant)>,
+    feed: Feed,
+    backlog: Backlog,
+    /// The one `recv` being answered, if any.
+    recv: Option<Asked>,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            inbox: None,
+            last_delivered: 0,
+            feed: Feed::Quiet,
+            backlog: Backlog::Current,
+            recv: None,
+        }
+    }
 }
 
 impl Delivery {
-    /// Whether a `recv` is still to be answered.
-    fn recv_pending(&self) -> bool {
-        self.waiting.is_some() || matches!(self.read, Some((_, _, Some(_))))
+    /// Whether the inbox channel may be polled: only while no store read is
+    /// in flight and the backlog is read, and only for someone who asked.
+    /// This is the rule that keeps delivery gap-free.
+    fn takes_inbox(&self) -> bool {
+        self.inbox.is_some()
+            && matches!(self.backlog, Backlog::Current)
+            && (self.feed == Feed::Pushing || self.recv.is_some())
+    }
+
+    /// When a `recv` waiting for its first message gives up.
+    fn deadline(&self) -> Option<Instant> {
+        self.recv.and_then(|a| a.until)
     }
 
     /// Keeps the messages this connection has not seen and records them as
@@ -225,49 +283,54 @@ struct State {
     out: mpsc::Sender<Queued>,
     /// Room left in the write queue, one permit per byte.
     out_bytes: Arc<Semaphore>,
-    /// The peer let a line wait [`SLOW_CONSUMER_TIMEOUT`] for room.
-    slow_consumer: bool,
     in_flight: FuturesUnordered<BoxFuture<'static, String>>,
-    /// Still reading request lines.
-    reading: bool,
-    /// A fatal line or shutdown: answer what is in flight and go, without
-    /// waiting for a pending `recv`.
-    closing: bool,
+    phase: Phase,
     delivery: Delivery,
 }
 
-/// The peer or the writer is gone; stop serving.
-struct Gone;
+/// Why serving stopped early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gone {
+    /// The peer, the writer or a catch-up read is gone: end normally, and
+    /// let the writer drain what is queued.
+    Closed,
+    /// The peer let a line wait [`SLOW_CONSUMER_TIMEOUT`] for room: nothing
+    /// queued would get through, so the writer is dropped at once.
+    SlowConsumer,
+}
 
 impl State {
-    async fn run(&mut self, mut lines: FramedRead<OwnedReadHalf, LineCodec>) {
+    /// Serves until the phase says there is nothing left to do, or a step
+    /// finds the connection gone; returns how it ended.
+    async fn run(&mut self, mut lines: FramedRead<OwnedReadHalf, LineCodec>) -> Gone {
         loop {
-            let d = &self.delivery;
-            if !self.reading && self.in_flight.is_empty() && (self.closing || !d.recv_pending()) {
-                return;
+            let finished = match self.phase {
+                Phase::Reading => false,
+                Phase::PeerDone => self.in_flight.is_empty() && self.delivery.recv.is_none(),
+                Phase::Closing => self.in_flight.is_empty(),
+            };
+            if finished {
+                return Gone::Closed;
             }
-            if d.read.is_none() && d.catching_up {
-                self.start_read(None, CATCH_UP_PAGE);
+            if matches!(self.delivery.backlog, Backlog::Behind) {
+                self.start_read(CATCH_UP_PAGE);
             }
-            let d = &self.delivery;
-            let can_read = self.reading && self.in_flight.len() < MAX_IN_FLIGHT;
-            let take_inbox = d.inbox.is_some()
-                && d.read.is_none()
-                && !d.catching_up
-                && (d.listening || d.waiting.is_some());
-            let deadline = d.waiting.as_ref().map(|(_, at)| *at);
+            let reading = self.phase == Phase::Reading;
+            let can_read = reading && self.in_flight.len() < MAX_IN_FLIGHT;
+            let take_inbox = self.delivery.takes_inbox();
+            let deadline = self.delivery.deadline();
+            let store_read = matches!(self.delivery.backlog, Backlog::Reading { .. });
             let step = tokio::select! {
                 biased;
-                _ = self.shutdown.cancelled(), if self.reading => {
-                    self.reading = false;
-                    self.closing = true;
+                _ = self.shutdown.cancelled(), if reading => {
+                    self.phase = Phase::Closing;
                     Ok(())
                 }
-                _ = self.out.closed() => Err(Gone),
+                _ = self.out.closed() => Err(Gone::Closed),
                 Some(line) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.send(line).await
                 }
-                read = poll_read(&mut self.delivery.read), if self.delivery.read.is_some() => {
+                read = poll_read(&mut self.delivery.backlog), if store_read => {
                     self.read_done(read).await
                 }
                 got = recv_inbox(&mut self.delivery.inbox), if take_inbox => {
@@ -278,8 +341,8 @@ impl State {
                 }
                 frame = lines.next(), if can_read => self.frame(frame).await,
             };
-            if step.is_err() {
-                return;
+            if let Err(gone) = step {
+                return gone;
             }
         }
     }
@@ -296,8 +359,10 @@ impl State {
             let bytes = Arc::clone(out_bytes)
                 .acquire_many_owned(bytes)
                 .await
-                .map_err(|_| Gone)?;
-            out.send(Queued { line, bytes }).await.map_err(|_| Gone)
+                .map_err(|_| Gone::Closed)?;
+            out.send(Queued { line, bytes })
+                .await
+                .map_err(|_| Gone::Closed)
         })
         .await;
         match queued {
@@ -312,8 +377,7 @@ impl State {
                      closing the connection (its unacknowledged messages come again \
                      on its next connection)"
                 );
-                self.slow_consumer = true;
-                Err(Gone)
+                Err(Gone::SlowConsumer)
             }
         }
     }
@@ -323,8 +387,7 @@ impl State {
             Some(Ok(line)) => self.line(&line).await,
             Some(Err(DecodeError::LineTooLong)) => {
                 // We cannot know where the next request starts: say why, close.
-                self.reading = false;
-                self.closing = true;
+                self.phase = Phase::Closing;
                 let err = ErrorBody::new(
                     ErrorCode::TooLarge,
                     format!(
@@ -336,12 +399,11 @@ impl State {
             }
             Some(Err(e)) => {
                 tracing::debug!(agent = %self.agent, error = %e, "agent connection read failed");
-                self.reading = false;
-                self.closing = true;
+                self.phase = Phase::Closing;
                 Ok(())
             }
             None => {
-                self.reading = false;
+                self.phase = Phase::PeerDone;
                 Ok(())
             }
         }
@@ -375,7 +437,7 @@ impl State {
             Some(format!("max must be between 1 and {MAX_RECV}"))
         } else if p.wait_ms > MAX_WAIT_MS {
             Some(format!("wait_ms must be at most {MAX_WAIT_MS}"))
-        } else if self.delivery.recv_pending() {
+        } else if self.delivery.recv.is_some() {
             None
         } else {
             return self.start_recv(p).await;
@@ -398,53 +460,69 @@ impl State {
             // between the two is in the channel, not lost.
             d.inbox = Some(self.hive.subscribe_inbox(&self.agent));
         }
-        if d.read.is_some() || d.catching_up {
-            // A catch-up read is under way; its messages answer this recv.
-            d.waiting = Some((p, deadline_after(p.wait_ms)));
+        if matches!(d.backlog, Backlog::Current) {
+            d.recv = Some(Asked { p, until: None });
+            self.start_read(p.max);
         } else {
-            self.start_read(Some(p), p.max);
+            // A catch-up read is under way; its messages answer this recv.
+            d.recv = Some(Asked {
+                p,
+                until: Some(deadline_after(p.wait_ms)),
+            });
         }
         Ok(())
     }
 
-    fn start_read(&mut self, for_recv: Option<PendingRecv>, page: u32) {
+    fn start_read(&mut self, page: u32) {
         let hive = self.hive.clone();
         let agent = self.agent.clone();
         let after = self.delivery.last_delivered;
         let read: Read = Box::pin(async move { hive.unacked(&agent, after, page).await });
-        self.delivery.read = Some((read, page, for_recv));
+        self.delivery.backlog = Backlog::Reading { read, page };
     }
 
     async fn read_done(
         &mut self,
-        (result, page, for_recv): (Result<Vec<Message>, Refusal>, u32, Option<PendingRecv>),
+        (result, page): (Result<Vec<Message>, Refusal>, u32),
     ) -> Result<(), Gone> {
-        self.delivery.read = None;
+        // The read that just finished was started for the pending recv if
+        // that recv has no deadline yet; otherwise it was a catch-up page.
+        let for_recv = self.delivery.recv.filter(|a| a.until.is_none());
         let msgs = match result {
             Ok(msgs) => msgs,
             Err(refusal) => {
                 tracing::warn!(agent = %self.agent, error = %refusal, "reading the inbox failed");
+                self.delivery.backlog = Backlog::Current;
                 return match for_recv {
-                    Some(p) => {
-                        self.send(ResponseLine::err(Some(p.id), refusal.into()).to_line())
+                    Some(a) => {
+                        self.delivery.recv = None;
+                        self.send(ResponseLine::err(Some(a.p.id), refusal.into()).to_line())
                             .await
                     }
                     // A listener that cannot catch up would silently miss
                     // messages; closing makes its client reconnect and get
                     // them again.
-                    None => Err(Gone),
+                    None => Err(Gone::Closed),
                 };
             }
         };
-        self.delivery.catching_up = msgs.len() as u32 >= page;
+        self.delivery.backlog = if msgs.len() as u32 >= page {
+            Backlog::Behind
+        } else {
+            Backlog::Current
+        };
         match for_recv {
-            Some(p) if msgs.is_empty() && p.wait_ms > 0 => {
-                self.delivery.waiting = Some((p, deadline_after(p.wait_ms)));
+            Some(Asked { p, .. }) if msgs.is_empty() && p.wait_ms > 0 => {
+                self.delivery.recv = Some(Asked {
+                    p,
+                    until: Some(deadline_after(p.wait_ms)),
+                });
                 Ok(())
             }
-            Some(p) => {
+            Some(Asked { p, .. }) => {
+                self.delivery.recv = None;
                 let messages = self.delivery.take_new(msgs);
-                self.delivery.listening = true;
+                self.delivery.feed = Feed::Pushing;
                 self.answer_recv(p, messages).await
             }
             None => self.deliver(msgs).await,
@@ -460,7 +538,7 @@ impl State {
             Ok(m) => m,
             Err(RecvError::Lagged(n)) => {
                 tracing::debug!(agent = %self.agent, skipped = n, "inbox lagged; re-reading the store");
-                self.delivery.catching_up = true;
+                self.delivery.backlog = Backlog::Behind;
                 return Ok(());
             }
             Err(RecvError::Closed) => {
@@ -474,7 +552,7 @@ impl State {
                 match rx.try_recv() {
                     Ok(m) => batch.push(Message::clone(&m)),
                     Err(TryRecvError::Lagged(_)) => {
-                        self.delivery.catching_up = true;
+                        self.delivery.backlog = Backlog::Behind;
                         break;
                     }
                     Err(_) => break,
@@ -488,7 +566,7 @@ impl State {
     /// waiting `recv`, the rest as pushes.
     async fn deliver(&mut self, msgs: Vec<Message>) -> Result<(), Gone> {
         let d = &mut self.delivery;
-        if !d.listening && d.waiting.is_none() {
+        if d.feed == Feed::Quiet && d.recv.is_none() {
             // Nobody asked yet; leave them undelivered for the first recv.
             return Ok(());
         }
@@ -496,8 +574,8 @@ impl State {
         if msgs.is_empty() {
             return Ok(());
         }
-        if let Some((p, _)) = d.waiting.take() {
-            d.listening = true;
+        if let Some(Asked { p, .. }) = d.recv.take() {
+            d.feed = Feed::Pushing;
             return self.answer_recv(p, msgs).await;
         }
         self.push(msgs).await
@@ -520,10 +598,10 @@ impl State {
     }
 
     async fn recv_timed_out(&mut self) -> Result<(), Gone> {
-        let Some((p, _)) = self.delivery.waiting.take() else {
+        let Some(Asked { p, .. }) = self.delivery.recv.take() else {
             return Ok(());
         };
-        self.delivery.listening = true;
+        self.delivery.feed = Feed::Pushing;
         let empty = RecvResult {
             messages: Vec::new(),
         };
@@ -581,15 +659,10 @@ fn deadline_after(wait_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(wait_ms)
 }
 
-async fn poll_read(
-    read: &mut Option<(Read, u32, Option<PendingRecv>)>,
-) -> (Result<Vec<Message>, Refusal>, u32, Option<PendingRecv>) {
-    match read {
-        Some((fut, page, for_recv)) => {
-            let result = fut.await;
-            (result, *page, *for_recv)
-        }
-        None => std::future::pending().await,
+async fn poll_read(backlog: &mut Backlog) -> (Result<Vec<Message>, Refusal>, u32) {
+    match backlog {
+        Backlog::Reading { read, page } => (read.await, *page),
+        _ => std::future::pending().await,
     }
 }
 

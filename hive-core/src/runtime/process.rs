@@ -790,9 +790,10 @@ mod tests {
         assert_eq!(rt.state(&a), RunState::Stopped);
     }
 
-    /// Skips off CI with a reason; under `CI=true` a skip is a failure.
+    /// Skips off CI with a reason; under CI ([`hive_proto::ci`]) a skip is
+    /// a failure.
     pub(crate) fn skip_or_fail(why: &str) {
-        if std::env::var("CI").as_deref() == Ok("true") {
+        if hive_proto::ci::on_ci() {
             panic!("cannot run under CI: {why}");
         }
         eprintln!("skipped: {why}");

@@ -24,9 +24,10 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a test waits for one reply line.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether this run must not skip anything (`CI=true`).
+/// Whether this run must not skip anything (`CI=true`, `CI=1`, ...): the
+/// one definition in [`hive_proto::ci`], shared with hive-web's tests.
 pub fn on_ci() -> bool {
-    std::env::var("CI").as_deref() == Ok("true")
+    hive_proto::ci::on_ci()
 }
 
 /// For a test that cannot run here: panics under `CI=true`, otherwise

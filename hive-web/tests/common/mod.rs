@@ -15,9 +15,11 @@ pub mod fake;
 pub mod http;
 pub mod oneshot;
 
-/// Whether this run is CI (`CI=true`), where no test may skip.
+/// Whether this run is CI (`CI=true`, `CI=1`, ...), where no test may
+/// skip: the one definition in [`hive_proto::ci`], shared with hive-core's
+/// tests.
 pub fn on_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+    hive_proto::ci::on_ci()
 }
 
 /// Returns `true` when the test can run. When `ok` is false it prints why
