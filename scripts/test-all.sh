@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   nftables systemd-container busybox-static bubblewrap iproute2
-  nix-bin chromium chromium-driver wrk socat sqlite3
+  nix-bin jq chromium chromium-driver wrk socat sqlite3
 )
 missing=()
 for p in "${packages[@]}"; do

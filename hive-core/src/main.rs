@@ -1,5 +1,7 @@
-//! The `hive-core` binary: `run --config FILE` (the daemon) and `dev` (a
-//! whole local hive in one command). Flags are parsed here and handed to
+//! The `hive-core` binary: `run --config FILE` (the daemon), `check-config
+//! --config FILE` (parse and validate only, as the NixOS module's tests do
+//! with the file the module renders) and `dev` (a whole local hive in one
+//! command). Flags are parsed here and handed to
 //! [`hive_core::daemon`] and [`hive_core::dev`]; logs go to stderr (or the
 //! journal, with `--log journald` in a build with the `journald` feature).
 //! Every failure is one line on stderr and a non-zero exit.
@@ -37,6 +39,11 @@ enum LogTarget {
 enum Cmd {
     /// Run the daemon from a config file.
     Run {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Parse and validate a config file, print one line, touch nothing.
+    CheckConfig {
         #[arg(long)]
         config: PathBuf,
     },
@@ -122,6 +129,16 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Run { config } => {
             let config = Config::load(&config)?;
             daemon::run(config, Options::default(), stop).await?;
+        }
+        Cmd::CheckConfig { config: path } => {
+            // The same load as `run`, and nothing after it.
+            let config = Config::load(&path)?;
+            println!(
+                "hive-core: {}: ok ({} agents, runtime {:?})",
+                path.display(),
+                config.agents.len(),
+                config.runtime
+            );
         }
         Cmd::Dev {
             state_dir,
