@@ -8,12 +8,4 @@
   { path = [ "runtime" ]; awaits = "issue 7 (containers): the nixos-container and nspawn runtimes"; }
   { path = [ "stop_timeout" ]; awaits = "issue 7 (containers): stop_timeout"; }
   { path = [ "network" ]; awaits = "issue 9 (network isolation): [network] pool4, pool6, resolver"; }
-  { path = [ "agents" "*" "manager" ]; awaits = "the per-agent keys of the config contract (COMMON.md)"; }
-  { path = [ "agents" "*" "can_propose_for" ]; awaits = "the per-agent keys of the config contract"; }
-  { path = [ "agents" "*" "env" ]; awaits = "the per-agent keys of the config contract"; }
-  { path = [ "agents" "*" "idle_timeout" ]; awaits = "the per-agent keys of the config contract"; }
-  { path = [ "agents" "*" "restart" ]; awaits = "the per-agent keys of the config contract"; }
-  { path = [ "agents" "*" "limits" ]; awaits = "the per-agent keys of the config contract"; }
-  { path = [ "agents" "*" "egress" ]; awaits = "the per-agent keys of the config contract"; }
-  { path = [ "agents" "*" "allow_hosts" ]; awaits = "the per-agent keys of the config contract"; }
 ]
