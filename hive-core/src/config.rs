@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// User that `hive-web` runs as; the only non-root uid `web.sock` accepts.
     pub web_user: Option<String>,
     pub runtime: Option<String>,
+    /// Let the `process` runtime run agents without bubblewrap when it is
+    /// missing or broken (default false: they do not start).
+    pub allow_unsandboxed: Option<bool>,
     /// Events kept for reconnecting subscribers (default
     /// [`DEFAULT_EVENT_RETENTION`], at least [`MIN_EVENT_RETENTION`]).
     pub event_retention: Option<u64>,
@@ -224,6 +227,9 @@ pub struct Config {
     pub admin_group: Option<String>,
     pub web_user: Option<String>,
     pub runtime: RuntimeKind,
+    /// The `process` runtime may run agents unsandboxed (every page then
+    /// says so).
+    pub allow_unsandboxed: bool,
     /// Events kept for reconnecting subscribers; older ones are pruned.
     pub event_retention: u64,
     pub agents: BTreeMap<AgentName, AgentPolicy>,
@@ -281,6 +287,7 @@ impl Config {
             admin_group: raw.admin_group,
             web_user: raw.web_user,
             runtime,
+            allow_unsandboxed: raw.allow_unsandboxed.unwrap_or(false),
             event_retention,
             agents,
         })

@@ -165,6 +165,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         } else {
             RuntimeKind::Process
         },
+        allow_unsandboxed: false,
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,
         agents,
     };

@@ -9,7 +9,8 @@
 //! The sockets are split by capability: `web.sock` carries [`WebCall`]s, whose
 //! verbs are exactly the dashboard's ([`OperatorRequest`]); `admin.sock`
 //! carries [`AdminRequest`]s, which add what only a shell operator needs
-//! (audit verification). A compromised gateway cannot express an admin verb.
+//! (audit verification, purge). A compromised gateway cannot express an admin
+//! verb.
 //!
 //! **Architecture invariant:** every verb of operator authority lives here
 //! and nowhere in [`crate::agent`].
@@ -101,6 +102,10 @@ pub enum AdminRequest {
     Operator(OperatorRequest),
     /// Recompute the audit log's hash chain and report the first bad row.
     AuditVerify,
+    /// Destroy the agent's container and remove that agent's own dirs
+    /// (state, socket dir), refusing any path that resolves outside them.
+    /// Admin only: the dashboard never deletes an agent's files.
+    Purge { name: AgentName },
 }
 
 /// A lifecycle action on an agent's container.

@@ -371,6 +371,7 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
     prop_oneof![
         operator_request().prop_map(AdminRequest::Operator),
         Just(AdminRequest::AuditVerify),
+        name().prop_map(|name| AdminRequest::Purge { name }),
     ]
 }
 
@@ -580,6 +581,7 @@ fn admin_kind(r: &AdminRequest) -> &'static str {
     match r {
         AdminRequest::Operator(_) => "operator",
         AdminRequest::AuditVerify => "audit_verify",
+        AdminRequest::Purge { .. } => "purge",
     }
 }
 
@@ -662,7 +664,7 @@ fn kinds<T: std::fmt::Debug>(
 #[test]
 fn strategies_cover_every_variant() {
     assert_eq!(kinds(operator_request(), request_kind).len(), 17);
-    assert_eq!(kinds(admin_request(), admin_kind).len(), 2);
+    assert_eq!(kinds(admin_request(), admin_kind).len(), 3);
     assert_eq!(kinds(operator_response(), response_kind).len(), 15);
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
     assert_eq!(kinds(event(), event_kind).len(), 12);

@@ -113,6 +113,19 @@ pub trait RuntimeControl: Send + Sync + 'static {
         agent: &'a AgentName,
         action: LifecycleAction,
     ) -> BoxFuture<'a, Result<(), Refusal>>;
+    /// Destroys the agent's container and removes its own dirs.
+    fn purge<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), Refusal>> {
+        let _ = agent;
+        Box::pin(async move {
+            Err(Refusal::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "destroy --purge is not supported by the {} runtime",
+                    self.name()
+                ),
+            ))
+        })
+    }
     /// The last `lines` lines of the agent's log.
     fn journal<'a>(
         &'a self,

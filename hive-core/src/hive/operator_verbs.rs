@@ -172,6 +172,26 @@ impl Hive {
 
     /// Recomputes the audit chain (admin socket only). A broken chain is a
     /// `conflict` naming the first bad row.
+    /// `admin.sock` only: destroys the agent's container and removes its
+    /// own dirs. Audited before the runtime acts, like every lifecycle verb.
+    pub async fn purge(
+        &self,
+        who: &OperatorId,
+        name: AgentName,
+    ) -> Result<OperatorResponse, Refusal> {
+        self.known(&name)?;
+        let Some(rt) = self.runtime() else {
+            return Err(unsupported("lifecycle actions"));
+        };
+        let actor = who.actor();
+        let detail = format!("agent={name} action=Destroy purge=true");
+        self.store()
+            .write(move |tx| tx.audit(&actor, "lifecycle", &detail))
+            .await?;
+        rt.purge(&name).await?;
+        Ok(OperatorResponse::Done)
+    }
+
     pub async fn audit_verify(&self, _who: &OperatorId) -> Result<OperatorResponse, Refusal> {
         match self.store().read(|r| r.verify_audit()).await? {
             AuditReport::Intact { rows, head } => {

@@ -101,6 +101,7 @@ impl Endpoint for AdminEndpoint {
         let result = match req {
             AdminRequest::Operator(req) => hive.operator_call(&caller, req).await,
             AdminRequest::AuditVerify => hive.audit_verify(&caller).await,
+            AdminRequest::Purge { name } => hive.purge(&caller, name).await,
         };
         result.map_err(RpcError::from)
     }

@@ -75,13 +75,18 @@ impl TestHive {
     /// A hive whose config has `top` (top-level keys) and `agents` (the
     /// `[agents.*]` tables) added to the temporary directories.
     pub fn with_config(top: &str, agents: &str) -> Self {
+        Self::with_runtime("detached", top, agents)
+    }
+
+    /// Like [`TestHive::with_config`], with `runtime = "<runtime>"`.
+    pub fn with_runtime(runtime: &str, top: &str, agents: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("hive-core-test")
             .tempdir()
             .expect("temp dir");
         let config_path = dir.path().join("hive.toml");
         let config = format!(
-            "state_dir = {:?}\nruntime_dir = {:?}\nruntime = \"detached\"\n{top}\n{agents}",
+            "state_dir = {:?}\nruntime_dir = {:?}\nruntime = {runtime:?}\n{top}\n{agents}",
             dir.path().join("lib"),
             dir.path().join("run"),
         );

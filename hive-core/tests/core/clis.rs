@@ -32,6 +32,11 @@ impl Clis {
     /// Starts a hive with `agents`; `None` (after `skip_or_fail`) if the CLIs
     /// were not built next to `hive-core`.
     fn start(agents: &[&str]) -> Option<Self> {
+        Self::start_hive(TestHive::new(agents))
+    }
+
+    /// Starts `hive` (not yet started); `None` as for [`Clis::start`].
+    fn start_hive(mut hive: TestHive) -> Option<Self> {
         let dir = Path::new(CORE_BIN)
             .parent()
             .expect("hive-core has a directory");
@@ -45,7 +50,6 @@ impl Clis {
             ));
             return None;
         }
-        let mut hive = TestHive::new(agents);
         hive.start();
         Some(Self {
             hive,
@@ -755,4 +759,128 @@ async fn the_clis_fail_with_one_line_and_exit_1_on_a_bad_name_an_unknown_agent_o
         err.starts_with("hive-agent: ") && err.contains("no-such.sock"),
         "{err}"
     );
+}
+
+/// `hivectl status NAME --json`'s `run_state`.
+async fn run_state(clis: &Clis, name: &str) -> String {
+    let v = clis.run(clis.ctl(&["--json", "status", name])).await.json();
+    v["summary"]["run_state"].as_str().unwrap_or("?").to_owned()
+}
+
+/// Polls `run_state` until it is `want`.
+async fn wait_state(clis: &Clis, name: &str, want: &str) {
+    let end = std::time::Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let got = run_state(clis, name).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "{name} stayed {got}, never {want}\ncore log:\n{}",
+            clis.hive.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hivectl_stop_start_pause_resume_and_restart_drive_a_real_agent() {
+    // The agent writes its pid into its state dir at every start, so a
+    // restart shows as a new pid.
+    let agents = r#"
+        [agents.alice]
+        command = ["/bin/sh", "-c", "echo $$ >> pids; trap 'exit 0' TERM; while true; do sleep 0.05; done"]
+    "#;
+    let hive = TestHive::with_runtime("process", "allow_unsandboxed = true", agents);
+    let Some(clis) = Clis::start_hive(hive) else {
+        return;
+    };
+    let pids = clis.hive.dir.path().join("lib/agents/alice/state/pids");
+    let starts = || {
+        std::fs::read_to_string(&pids)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    wait_state(&clis, "alice", "running").await;
+
+    let out = clis.run(clis.ctl(&["stop", "alice"])).await.ok();
+    assert_eq!(out.trim(), "stopped alice");
+    assert_eq!(run_state(&clis, "alice").await, "stopped");
+    let v = clis
+        .run(clis.ctl(&["--json", "start", "alice"]))
+        .await
+        .json();
+    assert_eq!(v, serde_json::json!({"agent": "alice", "action": "start"}));
+    wait_state(&clis, "alice", "running").await;
+    // Starting what runs is refused, in one line.
+    let err = clis.run(clis.ctl(&["start", "alice"])).await.failed();
+    assert!(err.contains("alice is already running"), "{err}");
+
+    assert_eq!(
+        clis.run(clis.ctl(&["pause", "alice"])).await.ok().trim(),
+        "paused alice"
+    );
+    assert_eq!(run_state(&clis, "alice").await, "paused");
+    assert_eq!(
+        clis.run(clis.ctl(&["resume", "alice"])).await.ok().trim(),
+        "resumed alice"
+    );
+    wait_state(&clis, "alice", "running").await;
+
+    let before = starts();
+    assert_eq!(
+        clis.run(clis.ctl(&["restart", "alice"])).await.ok().trim(),
+        "restarted alice"
+    );
+    wait_state(&clis, "alice", "running").await;
+    assert!(
+        crate::common::poll_until(|| starts() == before + 1).await,
+        "restart did not start it again: {} starts",
+        starts()
+    );
+
+    // Every action is in the audit log under the operator's name.
+    let audit = clis.run(clis.ctl(&["--json", "audit"])).await.json();
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("rows")
+        .iter()
+        .filter(|r| r["action"] == "lifecycle")
+        .filter_map(|r| r["detail"].as_str())
+        .collect();
+    for a in ["Stop", "Start", "Pause", "Resume", "Restart"] {
+        assert!(
+            actions.iter().any(|d| d.ends_with(&format!("action={a}"))),
+            "{a} not audited: {actions:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hivectl_lifecycle_says_in_one_line_what_the_runtime_cannot_do() {
+    let Some(clis) = Clis::start(&["alice"]) else {
+        return;
+    };
+    // The detached runtime starts nothing, so every action is refused.
+    for args in [
+        &["start", "alice"][..],
+        &["rebuild", "alice"],
+        &["destroy", "alice"],
+        &["destroy", "--purge", "alice"],
+    ] {
+        let err = clis.run(clis.ctl(args)).await.failed();
+        assert!(
+            err.contains("not supported by the detached runtime"),
+            "{args:?}: {err}"
+        );
+    }
+    let err = clis.run(clis.ctl(&["stop", "zed"])).await.failed();
+    assert!(err.contains("no agent zed"), "{err}");
+    let err = clis
+        .run(clis.ctl(&["destroy", "--purge", "zed"]))
+        .await
+        .failed();
+    assert!(err.contains("no agent zed"), "{err}");
 }

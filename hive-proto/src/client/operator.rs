@@ -529,7 +529,9 @@ mod tests {
                         ErrorCode::Conflict,
                         "audit row 3 does not match its hash",
                     )),
-                    AdminRequest::Operator(_) => Ok(OperatorResponse::Done),
+                    AdminRequest::Operator(_) | AdminRequest::Purge { .. } => {
+                        Ok(OperatorResponse::Done)
+                    }
                 };
                 conn.send(ServerFrame::Reply { id, result }).await.unwrap();
             }

@@ -21,7 +21,7 @@ use clap::{Parser, Subcommand};
 use hive_proto::client::operator::{subscribe_as, OperatorClient, Streamed};
 use hive_proto::client::ClientError;
 use hive_proto::command_line;
-use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
+use hive_proto::operator::{AdminRequest, LifecycleAction, OperatorRequest, OperatorResponse};
 use hive_proto::{AgentName, Principal};
 use serde::Serialize;
 
@@ -86,6 +86,25 @@ enum Cmd {
         /// Start after this event sequence number.
         #[arg(long, default_value_t = 0)]
         since: u64,
+    },
+    /// Start an agent's container.
+    Start { name: AgentName },
+    /// Stop it: SIGTERM to its init, then SIGKILL after the stop timeout.
+    Stop { name: AgentName },
+    /// Stop it, then start it.
+    Restart { name: AgentName },
+    /// Freeze it; nothing is delivered while paused, messages queue.
+    Pause { name: AgentName },
+    /// Thaw a paused agent.
+    Resume { name: AgentName },
+    /// Recreate its container from its config and restart it.
+    Rebuild { name: AgentName },
+    /// Remove its container; its state dir stays unless --purge.
+    Destroy {
+        name: AgentName,
+        /// Also remove the agent's own dirs (state, sockets) and nothing else.
+        #[arg(long)]
+        purge: bool,
     },
     /// Print the audit log, or verify its hash chain (`audit verify`).
     Audit {
@@ -206,9 +225,63 @@ async fn run(cli: Cli) -> Result<()> {
             let rows = audit_rows(&client, since, limit).await?;
             print(json, rows.as_slice(), render::audit)?;
         }
+        Cmd::Start { name } => lifecycle(&client, json, name, LifecycleAction::Start).await?,
+        Cmd::Stop { name } => lifecycle(&client, json, name, LifecycleAction::Stop).await?,
+        Cmd::Restart { name } => lifecycle(&client, json, name, LifecycleAction::Restart).await?,
+        Cmd::Pause { name } => lifecycle(&client, json, name, LifecycleAction::Pause).await?,
+        Cmd::Resume { name } => lifecycle(&client, json, name, LifecycleAction::Resume).await?,
+        Cmd::Rebuild { name } => lifecycle(&client, json, name, LifecycleAction::Rebuild).await?,
+        Cmd::Destroy { name, purge: false } => {
+            lifecycle(&client, json, name, LifecycleAction::Destroy).await?
+        }
+        Cmd::Destroy { name, purge: true } => {
+            match client
+                .call(AdminRequest::Purge { name: name.clone() })
+                .await?
+            {
+                OperatorResponse::Done => done(
+                    json,
+                    serde_json::json!({ "agent": name, "action": "destroy", "purge": true }),
+                    || format!("destroyed {name} and removed its dirs"),
+                )?,
+                other => return unexpected(other),
+            }
+        }
         Cmd::Events { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// One lifecycle action; prints what was done once the core says it is.
+async fn lifecycle(
+    client: &OperatorClient<AdminRequest>,
+    json: bool,
+    name: AgentName,
+    action: LifecycleAction,
+) -> Result<()> {
+    let req = OperatorRequest::Lifecycle {
+        name: name.clone(),
+        action,
+    };
+    match client.call(AdminRequest::Operator(req)).await? {
+        OperatorResponse::Done => {
+            let (verb, past) = match action {
+                LifecycleAction::Start => ("start", "started"),
+                LifecycleAction::Stop => ("stop", "stopped"),
+                LifecycleAction::Restart => ("restart", "restarted"),
+                LifecycleAction::Pause => ("pause", "paused"),
+                LifecycleAction::Resume => ("resume", "resumed"),
+                LifecycleAction::Rebuild => ("rebuild", "rebuilt"),
+                LifecycleAction::Destroy => ("destroy", "destroyed"),
+            };
+            done(
+                json,
+                serde_json::json!({ "agent": name, "action": verb }),
+                || format!("{past} {name}"),
+            )
+        }
+        other => unexpected(other),
+    }
 }
 
 /// Pages through the audit log from `since` until the core has no more rows
