@@ -412,6 +412,10 @@ impl RuntimeControl for Control {
         Box::pin(async move { Ok(apply(self.0.as_ref(), agent, action).await?) })
     }
 
+    fn purge<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move { Ok(self.0.destroy(agent, true).await?) })
+    }
+
     fn journal<'a>(
         &'a self,
         agent: &'a AgentName,
