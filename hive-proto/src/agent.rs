@@ -10,10 +10,12 @@
 //! request is never a field: the core knows it from the socket the line came
 //! in on.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
-use crate::name::Recipient;
-use crate::view::{ErrorCode, Message, Question, Reminder};
+use crate::name::{AgentName, Recipient, RelPath};
+use crate::view::{Approval, ErrorCode, Message, Question, Reminder};
 use crate::UnixMillis;
 
 /// Longest message body, question, answer or reminder text, in bytes.
@@ -44,6 +46,16 @@ pub const MAX_PENDING_OUT_BYTES: usize = 8 * 1024 * 1024;
 const _: () = assert!(MAX_PENDING_OUT_BYTES > MAX_RECV_REPLY_BYTES);
 /// Longest a `recv` may wait, in milliseconds.
 pub const MAX_WAIT_MS: u64 = 60 * 60 * 1000;
+/// Most files one `propose_config` or `request_spawn` may carry.
+pub const MAX_PROPOSAL_FILES: usize = 16;
+/// Longest file in a proposal, in bytes (UTF-8 text: config files are text).
+pub const MAX_PROPOSAL_FILE: usize = 64 * 1024;
+/// Most bytes of all files of one proposal together. The request line
+/// itself is bounded by [`crate::codec::MAX_LINE`] (128 KiB) too, which a
+/// proposal of this size fits with room for JSON escaping of plain text.
+pub const MAX_PROPOSAL_BYTES: usize = 96 * 1024;
+/// Longest commit message of a proposal, in bytes.
+pub const MAX_PROPOSAL_MESSAGE: usize = 4 * 1024;
 
 /// One request line. `id` is chosen by the client and echoed in the reply.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -106,6 +118,31 @@ pub enum AgentRequest {
         #[serde(default)]
         at: Option<UnixMillis>,
         body: String,
+    },
+    /// Propose new config files for `agent` (myself, or an agent my
+    /// policy's `can_propose_for` names). `files` maps paths relative to
+    /// the agent's directory in the config repo (`agent.toml`,
+    /// `agent.nix`) to their whole new content. The core validates the
+    /// files, commits them on `proposals/<id>` authored as me and opens an
+    /// approval; nothing changes until the operator approves it, and the
+    /// decision arrives in my inbox as an [`ItemKind::ApprovalDecided`]
+    /// item.
+    ///
+    /// [`ItemKind::ApprovalDecided`]: crate::view::ItemKind::ApprovalDecided
+    ProposeConfig {
+        agent: AgentName,
+        files: BTreeMap<RelPath, String>,
+        message: String,
+    },
+    /// Ask for a new agent `name` with these files (at least `agent.toml`),
+    /// as for `propose_config`. The agent exists only once the operator
+    /// approves; `name` must be free. `config` is accepted for `files`.
+    RequestSpawn {
+        name: AgentName,
+        #[serde(alias = "config")]
+        files: BTreeMap<RelPath, String>,
+        #[serde(default)]
+        message: String,
     },
 }
 
@@ -274,6 +311,8 @@ pub const KNOWN_OPS: &[&str] = &[
     "cancel",
     "status",
     "remind",
+    "propose_config",
+    "request_spawn",
 ];
 
 /// Result of `whoami`.
@@ -316,14 +355,25 @@ pub struct LooseEnds {
     pub asked: Vec<Question>,
     /// Open questions addressed to me.
     pub to_me: Vec<Question>,
-    /// My pending config proposals (none until the config repo lands).
-    pub proposals: Vec<serde_json::Value>,
+    /// My config proposals and spawn requests still pending.
+    pub proposals: Vec<Approval>,
     pub reminders: Vec<Reminder>,
     /// Whether the lists were cut short to keep the reply under
     /// `MAX_RECV_REPLY_BYTES` (each list is a prefix, filled in the order
     /// above; cancel or answer some and ask again for the rest).
     #[serde(default)]
     pub truncated: bool,
+}
+
+/// Result of `propose_config` and `request_spawn`: the approval the
+/// operator will decide, and the proposal commit on `proposals/<id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProposalResult {
+    pub approval_id: u64,
+    /// `proposals/<approval_id>`.
+    pub branch: String,
+    /// The proposal commit (hex), whose parent is `main` as it was.
+    pub commit: String,
 }
 
 /// Result of verbs that only say "done": `ack`, `answer`, `cancel`, `status`.
@@ -386,6 +436,26 @@ mod tests {
         check(
             r#"{"op":"whoami"}"#,
             expect![[r#"err id=None bad_request request needs a numeric "id""#]],
+        );
+    }
+
+    #[test]
+    fn proposals_parse_with_checked_paths() {
+        check(
+            r#"{"id":1,"op":"propose_config","agent":"alice","files":{"agent.toml":"x"},"message":"m"}"#,
+            expect![[
+                r#"ok RequestLine { id: 1, req: ProposeConfig { agent: "alice", files: {"agent.toml": "x"}, message: "m" } }"#
+            ]],
+        );
+        check(
+            r#"{"id":2,"op":"request_spawn","name":"scout","config":{"agent.toml":""}}"#,
+            expect![[
+                r#"ok RequestLine { id: 2, req: RequestSpawn { name: "scout", files: {"agent.toml": ""}, message: "" } }"#
+            ]],
+        );
+        check(
+            r#"{"id":3,"op":"propose_config","agent":"alice","files":{"../bob/agent.toml":"x"},"message":"m"}"#,
+            expect![[r#"err id=Some(3) bad_request path may not contain '..'"#]],
         );
     }
 

@@ -74,6 +74,16 @@ pub enum Event {
         id: u64,
         approved: bool,
     },
+    /// A proposal (config change or spawn request) for `agent` is pending.
+    ApprovalOpened {
+        id: u64,
+        agent: AgentName,
+    },
+    /// `agent` now runs the config at repo commit `sha`.
+    AgentDeployed {
+        agent: AgentName,
+        sha: String,
+    },
 }
 
 impl Event {
@@ -87,7 +97,9 @@ impl Event {
             | Event::AgentRunState { agent, .. }
             | Event::ReminderSet { agent, .. }
             | Event::ReminderFired { agent, .. }
-            | Event::ReminderCancelled { agent, .. } => vec![agent],
+            | Event::ReminderCancelled { agent, .. }
+            | Event::ApprovalOpened { agent, .. }
+            | Event::AgentDeployed { agent, .. } => vec![agent],
             Event::MessageSent { from, to, .. } => of(from).into_iter().chain(of(to)).collect(),
             Event::QuestionAsked { asker, to, .. } => of(asker).into_iter().chain(of(to)).collect(),
             Event::MessageAcked { by, .. } | Event::QuestionAnswered { by, .. } => {

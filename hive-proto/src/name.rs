@@ -166,7 +166,7 @@ impl<'de> Deserialize<'de> for Recipient {
 /// component, no NUL, at most [`REL_PATH_MAX`] bytes. This is a first filter
 /// only: the core still resolves it with `openat2(RESOLVE_BENEATH)`, because
 /// the agent owns the directory and can plant symlinks in it.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelPath(String);
 
 impl RelPath {

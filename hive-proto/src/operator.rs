@@ -19,8 +19,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::EventRecord;
 use crate::name::{AgentName, RelPath};
+pub use crate::view::Approval;
 use crate::view::{AgentDetail, AgentSummary, AuditEntry, ErrorCode, Message, Principal, Question};
-use crate::UnixMillis;
 
 /// Protocol version. Clients and core refuse a different `major`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,17 +215,6 @@ impl OperatorRequest {
             Self::Health => "health",
         }
     }
-}
-
-/// A pending (or decided) config proposal.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Approval {
-    pub id: u64,
-    pub agent: AgentName,
-    pub proposer: Principal,
-    pub message: String,
-    pub diff: String,
-    pub created_at: UnixMillis,
 }
 
 /// One entry of a state-dir listing.

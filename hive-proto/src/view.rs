@@ -118,6 +118,10 @@ pub enum ItemKind {
     QuestionCancelled,
     /// A reminder this agent set is due.
     Reminder,
+    /// A config proposal or spawn request of this agent's was decided
+    /// (approved, or denied with the operator's reason). The body says
+    /// which approval and how; `loose_ends` no longer lists it.
+    ApprovalDecided,
 }
 
 impl ItemKind {
@@ -129,6 +133,7 @@ impl ItemKind {
             Self::QuestionExpired => "question_expired",
             Self::QuestionCancelled => "question_cancelled",
             Self::Reminder => "reminder",
+            Self::ApprovalDecided => "approval_decided",
         }
     }
 
@@ -140,6 +145,7 @@ impl ItemKind {
             "question_expired" => Self::QuestionExpired,
             "question_cancelled" => Self::QuestionCancelled,
             "reminder" => Self::Reminder,
+            "approval_decided" => Self::ApprovalDecided,
             _ => return None,
         })
     }
@@ -239,9 +245,13 @@ pub struct AgentSummary {
     pub unread: u64,
     /// Open questions addressed to it.
     pub open_questions: u64,
-    /// The config repo commit its container runs, once the repo exists.
+    /// The config repo commit its container runs (`None` before the first
+    /// deploy).
     pub deployed_sha: Option<String>,
-    /// Whether the repo's `main` differs from what runs.
+    /// The config repo's `main` (`None` while the agent is not in it).
+    pub main_sha: Option<String>,
+    /// Whether this agent's files at `main` differ from those at
+    /// `deployed_sha`: the reconciler will rebuild it.
     pub needs_update: bool,
 }
 
@@ -254,6 +264,56 @@ pub struct AgentDetail {
     /// Open questions it asked or that are addressed to it.
     pub questions: Vec<Question>,
     pub reminders: Vec<Reminder>,
+}
+
+/// What an approval would do when approved.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalKind {
+    /// Change an existing agent's config files.
+    Config,
+    /// Create (and start) a new agent.
+    Spawn,
+}
+
+/// Where an approval stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for the operator (also after an approve that conflicted).
+    Pending,
+    /// Merged into `main`.
+    Approved,
+    /// Refused by the operator, with a reason.
+    Denied,
+}
+
+/// A config proposal or spawn request, pending or decided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    pub id: u64,
+    /// The agent whose config it changes, or the one it would spawn.
+    pub agent: AgentName,
+    pub kind: ApprovalKind,
+    pub proposer: Principal,
+    /// The proposer's commit message: its own words, so always escaped.
+    pub message: String,
+    /// Unified diff of the proposal commit against its parent.
+    pub diff: String,
+    pub created_at: UnixMillis,
+    /// The proposal commit on `proposals/<id>` (hex).
+    pub commit: String,
+    pub state: ApprovalState,
+    /// Why the last approve could not merge into `main`; the approval stays
+    /// pending while this is set.
+    pub conflict: Option<String>,
+    /// The operator who decided it (`operator:<login>`).
+    pub decided_by: Option<String>,
+    pub decided_at: Option<UnixMillis>,
+    /// The operator's reason for denying.
+    pub reason: Option<String>,
+    /// The `main` commit the approval produced.
+    pub merged_sha: Option<String>,
 }
 
 /// An entry of the append-only audit log.

@@ -23,8 +23,8 @@ use hive_proto::operator::{
     LifecycleAction, OperatorRequest, OperatorResponse, RpcError, ServerFrame, Version, WebCall,
 };
 use hive_proto::view::{
-    AgentDetail, AgentSummary, AuditEntry, ErrorCode, ItemKind, Message, Question, QuestionState,
-    Reminder, RunState,
+    AgentDetail, AgentSummary, ApprovalKind, ApprovalState, AuditEntry, ErrorCode, ItemKind,
+    Message, Question, QuestionState, Reminder, RunState,
 };
 use hive_proto::{AgentName, Principal, Recipient, RelPath, PROTO_VERSION};
 use proptest::prelude::*;
@@ -69,6 +69,10 @@ fn name() -> impl Strategy<Value = AgentName> {
 
 fn rel_path() -> impl Strategy<Value = RelPath> {
     "[a-z0-9._-]{1,8}(/[a-z0-9._-]{1,8}){0,3}".prop_filter_map("dotdot", |s| RelPath::new(&s).ok())
+}
+
+fn files() -> impl Strategy<Value = std::collections::BTreeMap<RelPath, String>> {
+    prop::collection::btree_map(rel_path(), text(), 0..3)
 }
 
 fn principal() -> impl Strategy<Value = Principal> {
@@ -123,6 +127,7 @@ fn item_kind() -> impl Strategy<Value = ItemKind> {
         Just(ItemKind::QuestionExpired),
         Just(ItemKind::QuestionCancelled),
         Just(ItemKind::Reminder),
+        Just(ItemKind::ApprovalDecided),
     ]
 }
 
@@ -252,6 +257,7 @@ fn summary() -> impl Strategy<Value = AgentSummary> {
                     status_at,
                     unread,
                     open_questions,
+                    main_sha: deployed_sha.clone(),
                     deployed_sha,
                     needs_update,
                 }
@@ -322,6 +328,8 @@ fn event() -> impl Strategy<Value = Event> {
         (any::<u64>(), name()).prop_map(|(id, agent)| Event::ReminderCancelled { id, agent }),
         (any::<u64>(), any::<bool>())
             .prop_map(|(id, approved)| Event::ApprovalDecided { id, approved }),
+        (any::<u64>(), name()).prop_map(|(id, agent)| Event::ApprovalOpened { id, agent }),
+        (name(), "[0-9a-f]{40}").prop_map(|(agent, sha)| Event::AgentDeployed { agent, sha }),
     ]
 }
 
@@ -396,21 +404,48 @@ fn client_frame<R: std::fmt::Debug + Clone>(
 
 fn approval() -> impl Strategy<Value = Approval> {
     (
-        any::<u64>(),
-        name(),
-        principal(),
-        text(),
-        text(),
-        any::<i64>(),
+        (
+            any::<u64>(),
+            name(),
+            prop_oneof![Just(ApprovalKind::Config), Just(ApprovalKind::Spawn)],
+            principal(),
+            text(),
+            text(),
+            any::<i64>(),
+        ),
+        (
+            "[0-9a-f]{40}",
+            prop_oneof![
+                Just(ApprovalState::Pending),
+                Just(ApprovalState::Approved),
+                Just(ApprovalState::Denied)
+            ],
+            prop::option::of(text()),
+            prop::option::of(text()),
+            any::<Option<i64>>(),
+            prop::option::of(text()),
+            prop::option::of("[0-9a-f]{40}"),
+        ),
     )
         .prop_map(
-            |(id, agent, proposer, message, diff, created_at)| Approval {
+            |(
+                (id, agent, kind, proposer, message, diff, created_at),
+                (commit, state, conflict, decided_by, decided_at, reason, merged_sha),
+            )| Approval {
                 id,
                 agent,
+                kind,
                 proposer,
                 message,
                 diff,
                 created_at,
+                commit,
+                state,
+                conflict,
+                decided_by,
+                decided_at,
+                reason,
+                merged_sha,
             },
         )
 }
@@ -526,6 +561,16 @@ fn agent_request() -> impl Strategy<Value = AgentRequest> {
         text().prop_map(|text| A::Status { text }),
         (any::<Option<u64>>(), any::<Option<i64>>(), text())
             .prop_map(|(in_s, at, body)| A::Remind { in_s, at, body }),
+        (name(), files(), text()).prop_map(|(agent, files, message)| A::ProposeConfig {
+            agent,
+            files,
+            message
+        }),
+        (name(), files(), text()).prop_map(|(name, files, message)| A::RequestSpawn {
+            name,
+            files,
+            message
+        }),
     ]
 }
 
@@ -631,6 +676,8 @@ fn event_kind(e: &Event) -> &'static str {
         Event::ReminderFired { .. } => "reminder_fired",
         Event::ReminderCancelled { .. } => "reminder_cancelled",
         Event::ApprovalDecided { .. } => "approval_decided",
+        Event::ApprovalOpened { .. } => "approval_opened",
+        Event::AgentDeployed { .. } => "agent_deployed",
     }
 }
 
@@ -647,6 +694,8 @@ fn agent_kind(r: &AgentRequest) -> &'static str {
         A::Cancel { .. } => "cancel",
         A::Status { .. } => "status",
         A::Remind { .. } => "remind",
+        A::ProposeConfig { .. } => "propose_config",
+        A::RequestSpawn { .. } => "request_spawn",
     }
 }
 
@@ -667,7 +716,7 @@ fn strategies_cover_every_variant() {
     assert_eq!(kinds(admin_request(), admin_kind).len(), 3);
     assert_eq!(kinds(operator_response(), response_kind).len(), 15);
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
-    assert_eq!(kinds(event(), event_kind).len(), 12);
+    assert_eq!(kinds(event(), event_kind).len(), 14);
     // Every op the core serves is generated, and nothing else.
     let ops = kinds(agent_request(), agent_kind);
     assert_eq!(ops, agent::KNOWN_OPS.iter().copied().collect());

@@ -537,6 +537,10 @@ pub fn describe(e: &Event) -> String {
             "approval #{id} was {}",
             if *approved { "approved" } else { "denied" }
         ),
+        Event::ApprovalOpened { id, agent } => format!("approval #{id} for {agent} is pending"),
+        Event::AgentDeployed { agent, sha } => {
+            format!("{agent} now runs config {}", sha.get(..12).unwrap_or(sha))
+        }
     }
 }
 

@@ -127,6 +127,12 @@ impl Hive {
                 json(Done {})
             }
             AgentRequest::Remind { in_s, at, body } => json(self.remind(me, in_s, at, body).await?),
+            AgentRequest::ProposeConfig { .. } | AgentRequest::RequestSpawn { .. } => {
+                Err(Refusal::new(
+                    ErrorCode::Unsupported,
+                    "this core has no config repo yet: proposals cannot be made",
+                ))
+            }
         }
     }
 

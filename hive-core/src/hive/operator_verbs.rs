@@ -233,8 +233,9 @@ impl Hive {
                 status_at: row.status_at,
                 unread: row.unread,
                 open_questions: row.open_questions,
-                needs_update: false,
                 deployed_sha: row.deployed_sha,
+                main_sha: None,
+                needs_update: false,
                 name: row.name,
             })
             .collect())

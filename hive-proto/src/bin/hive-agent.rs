@@ -520,6 +520,10 @@ async fn react(client: &AgentClient, state: &mut Demo, m: Message) -> Result<(),
         ItemKind::QuestionExpired => {
             soft(client.status("demo: my question expired unanswered").await)?;
         }
+        ItemKind::ApprovalDecided => {
+            let text = fit(&format!("demo: {}", m.body), MAX_STATUS);
+            soft(client.status(text).await)?;
+        }
         ItemKind::QuestionCancelled => {}
     }
     Ok(())

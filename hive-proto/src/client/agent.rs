@@ -15,6 +15,7 @@
 //! This module must never claim an identity: no request carries a sender,
 //! the core knows who we are from the socket.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,11 +34,11 @@ use tokio_util::codec::{AnyDelimiterCodec, FramedRead};
 
 use super::{ClientError, Pending, SlotGuard};
 use crate::agent::{
-    AgentRequest, AskResult, CancelKind, ErrorBody, LooseEnds, Push, RecvResult, RemindResult,
-    RequestLine, SendResult, ServerLine, WhoamiResult,
+    AgentRequest, AskResult, CancelKind, ErrorBody, LooseEnds, ProposalResult, Push, RecvResult,
+    RemindResult, RequestLine, SendResult, ServerLine, WhoamiResult,
 };
 use crate::codec::{DecodeError, MAX_LINE};
-use crate::name::Recipient;
+use crate::name::{AgentName, Recipient, RelPath};
 use crate::operator::RpcError;
 use crate::UnixMillis;
 
@@ -299,6 +300,40 @@ impl AgentClient {
             body: body.into(),
         };
         self.call_as("remind", req).await
+    }
+
+    /// Proposes new config files for `agent` (myself or one my policy's
+    /// `can_propose_for` names); paths are relative to the agent's
+    /// directory in the config repo. Returns the approval it opened; the
+    /// decision arrives later as an inbox item of kind `approval_decided`.
+    pub async fn propose_config(
+        &self,
+        agent: AgentName,
+        files: BTreeMap<RelPath, String>,
+        message: impl Into<String>,
+    ) -> Result<ProposalResult, ClientError> {
+        let req = AgentRequest::ProposeConfig {
+            agent,
+            files,
+            message: message.into(),
+        };
+        self.call_as("propose_config", req).await
+    }
+
+    /// Asks for a new agent `name` with these files (at least
+    /// `agent.toml`). It exists only once the operator approves.
+    pub async fn request_spawn(
+        &self,
+        name: AgentName,
+        files: BTreeMap<RelPath, String>,
+        message: impl Into<String>,
+    ) -> Result<ProposalResult, ClientError> {
+        let req = AgentRequest::RequestSpawn {
+            name,
+            files,
+            message: message.into(),
+        };
+        self.call_as("request_spawn", req).await
     }
 }
 

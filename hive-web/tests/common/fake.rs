@@ -13,7 +13,8 @@ use hive_proto::operator::{
     Approval, DirEntry, Health, OperatorRequest as Req, OperatorResponse as Resp, RpcError, WebCall,
 };
 use hive_proto::view::{
-    AgentDetail, AgentSummary, ErrorCode, ItemKind, Message, Question, QuestionState, RunState,
+    AgentDetail, AgentSummary, ApprovalKind, ApprovalState, ErrorCode, ItemKind, Message, Question,
+    QuestionState, RunState,
 };
 use hive_proto::{AgentName, Principal};
 use hive_web::core_link::{CallFuture, CoreError, CoreLink};
@@ -61,6 +62,7 @@ pub fn summary(n: &str, status: &str) -> AgentSummary {
         unread: 2,
         open_questions: 0,
         deployed_sha: Some("0123456789abcdef0123".into()),
+        main_sha: Some("0123456789abcdef0123".into()),
         needs_update: false,
     }
 }
@@ -107,6 +109,14 @@ impl FakeCore {
                 diff: "--- a/agent.toml\n+++ b/agent.toml\n@@ -1 +1 @@\n-memory = 1\n+memory = 2\n"
                     .into(),
                 created_at: 1_700_000_000_000,
+                kind: ApprovalKind::Config,
+                commit: "89abcdef0123456789abcdef0123456789abcdef".into(),
+                state: ApprovalState::Pending,
+                conflict: None,
+                decided_by: None,
+                decided_at: None,
+                reason: None,
+                merged_sha: None,
             }],
             messages: vec![Message {
                 id: 11,

@@ -266,6 +266,8 @@ fn describe(e: &Event) -> String {
             "approval {id} {}",
             if *approved { "approved" } else { "denied" }
         ),
+        Event::ApprovalOpened { id, agent } => format!("approval {id} for {agent} pending"),
+        Event::AgentDeployed { agent, sha } => format!("{agent} deployed {sha}"),
     }
 }
 
@@ -311,6 +313,7 @@ mod tests {
             unread: 3,
             open_questions: 0,
             deployed_sha: sha.map(Into::into),
+            main_sha: None,
             needs_update: stale,
         };
         check(
