@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   nftables systemd-container busybox-static bubblewrap iproute2
-  nix-bin jq chromium chromium-driver wrk socat sqlite3
+  nix-bin jq chromium chromium-driver wrk socat sqlite3 python3 python3-venv
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -22,6 +22,17 @@ if ((${#missing[@]})); then
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# The official MCP Python SDK, the independent client of the MCP conformance
+# test (hive-core/tests/core/mcp.rs), pinned, in a venv of its own.
+MCP_SDK_VERSION=2.3.0
+venv=target/mcp-venv
+if ! "$venv/bin/python" -c "import mcp, sys; from importlib.metadata import version; sys.exit(version('mcp') != '$MCP_SDK_VERSION')" 2>/dev/null; then
+  echo "==> python venv with mcp==$MCP_SDK_VERSION in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_SDK_VERSION"
+fi
+export HIVE_MCP_PYTHON="$PWD/$venv/bin/python"
 
 export CARGO_TERM_COLOR=never
 echo "==> cargo fmt --check"

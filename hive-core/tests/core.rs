@@ -12,6 +12,7 @@
 //! - `audit`: `audit verify` detects a row changed behind the daemon's back.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
+//! - `mcp`: `hive-agent mcp` driven by the official MCP Python SDK.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -28,5 +29,7 @@ mod clis;
 mod dev;
 #[path = "core/durability.rs"]
 mod durability;
+#[path = "core/mcp.rs"]
+mod mcp;
 #[path = "core/operator.rs"]
 mod operator;

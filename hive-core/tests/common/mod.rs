@@ -374,3 +374,52 @@ pub fn describe(status: ExitStatus) -> String {
         _ => "unknown".into(),
     }
 }
+
+/// A binary of the workspace built next to `hive-core` (`hivectl`,
+/// `hive-agent`: they belong to hive-proto, so cargo gives hive-core's tests
+/// no `CARGO_BIN_EXE_*` for them). `None`, after [`skip_or_fail`], if it is
+/// not built: `cargo build --workspace --all-targets` builds it.
+pub fn sibling_bin(name: &str) -> Option<PathBuf> {
+    let dir = Path::new(CORE_BIN)
+        .parent()
+        .expect("hive-core has a directory");
+    let bin = dir.join(name);
+    if bin.is_file() {
+        Some(bin)
+    } else {
+        skip_or_fail(&format!(
+            "{name} is not built in {}: run cargo build -p hive-proto \
+             (or cargo build --workspace --all-targets)",
+            dir.display()
+        ));
+        None
+    }
+}
+
+/// The Python of the virtual environment holding the official MCP Python
+/// SDK, which `scripts/test-all.sh` creates: `$HIVE_MCP_PYTHON`, else
+/// `target/mcp-venv/bin/python` in the workspace. `None`, after
+/// [`skip_or_fail`], if it is missing or has no `mcp` package.
+pub fn mcp_python() -> Option<PathBuf> {
+    let python = std::env::var_os("HIVE_MCP_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/mcp-venv/bin/python")
+        });
+    let has_sdk = Command::new(&python)
+        .args(["-c", "import mcp"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_sdk {
+        Some(python)
+    } else {
+        skip_or_fail(&format!(
+            "no Python with the MCP SDK at {} (scripts/test-all.sh creates it; or set \
+             HIVE_MCP_PYTHON)",
+            python.display()
+        ));
+        None
+    }
+}

@@ -8,7 +8,7 @@
 //! Assertions are on content (names, ids, bodies, exit codes), not on
 //! column widths or timestamp formats.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::common::{describe, skip_or_fail, TestHive, CORE_BIN, REPLY_TIMEOUT};
+use crate::common::{describe, sibling_bin, TestHive, REPLY_TIMEOUT};
 
 /// Longest any one CLI run (or one awaited line of a following one) may take.
 const CLI_TIMEOUT: Duration = REPLY_TIMEOUT;
@@ -37,19 +37,8 @@ impl Clis {
 
     /// Starts `hive` (not yet started); `None` as for [`Clis::start`].
     fn start_hive(mut hive: TestHive) -> Option<Self> {
-        let dir = Path::new(CORE_BIN)
-            .parent()
-            .expect("hive-core has a directory");
-        let hivectl = dir.join("hivectl");
-        let hive_agent = dir.join("hive-agent");
-        if !hivectl.is_file() || !hive_agent.is_file() {
-            skip_or_fail(&format!(
-                "hivectl and hive-agent are not built in {}: run cargo build -p hive-proto \
-                 (or cargo build --workspace --all-targets)",
-                dir.display()
-            ));
-            return None;
-        }
+        let hivectl = sibling_bin("hivectl")?;
+        let hive_agent = sibling_bin("hive-agent")?;
         hive.start();
         Some(Self {
             hive,

@@ -1,13 +1,16 @@
-//! `hive-agent`: the agent-side CLI on `agent.sock`, and `demo`, the scripted
-//! agent the local dev hive runs.
+//! `hive-agent`: the agent-side CLI on `agent.sock`, `demo` (the scripted
+//! agent the local dev hive runs), and `mcp` (the agent's verbs as Model
+//! Context Protocol tools for an LLM CLI, in [`mcp`]).
 //!
-//! Every subcommand is one verb of the agent protocol; results print as one
-//! JSON object per line so a harness can read them. The core knows who we
-//! are from the socket: nothing here names the sender.
+//! Every verb subcommand is one verb of the agent protocol; results print as
+//! one JSON object per line so a harness can read them. The core knows who
+//! we are from the socket: nothing here names the sender.
 //!
 //! This program must never hide a delivery: `recv` prints every new message
 //! (repeats after a reconnect are dropped by id, never by content), and
 //! `--ack` acknowledges only what was printed.
+
+mod mcp;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -109,6 +112,8 @@ enum Cmd {
     LooseEnds,
     /// Run the scripted demo agent until SIGTERM.
     Demo,
+    /// Serve this agent's verbs as MCP tools on stdin/stdout (for an LLM CLI).
+    Mcp,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -133,6 +138,7 @@ async fn run(cli: Cli) -> Result<()> {
     let socket = cli.socket;
     match cli.cmd {
         Cmd::Demo => return demo(&socket).await,
+        Cmd::Mcp => return mcp::serve(socket).await,
         Cmd::Recv {
             follow: true,
             wait_ms,
@@ -175,7 +181,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Status { text } => done(client.status(text).await?),
         Cmd::Remind { seconds, body } => print(&client.remind(RemindAt::In(seconds), body).await?),
         Cmd::LooseEnds => print(&client.loose_ends().await?),
-        Cmd::Demo => unreachable!("handled above"),
+        Cmd::Demo | Cmd::Mcp => unreachable!("handled above"),
     }
 }
 

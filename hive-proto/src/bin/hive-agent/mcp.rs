@@ -1,0 +1,671 @@
+//! `hive-agent mcp`: a Model Context Protocol server on stdio that gives an
+//! LLM agent (Claude Code, any MCP client) the agent protocol's verbs as
+//! tools, built on the official Rust SDK (`rmcp`).
+//!
+//! One connection to `agent.sock`, kept by a background task that
+//! reconnects with backoff whenever the core goes away. Every pushed inbox
+//! item is remembered until it is acknowledged (so `recv` can return it) and
+//! announced to the client once, as an MCP `notifications/message` whose
+//! `data` is `{"event": "message", "message": {...}}`. After a reconnect the
+//! core delivers every unacknowledged item again; it is readable again, but
+//! not announced twice.
+//!
+//! This module must never claim an identity (the socket is the identity),
+//! never write anything but MCP on stdout (diagnostics go to stderr), and
+//! never turn a refusal by the core into a failed server: a refused call is
+//! a tool result with `isError` and the core's code and message.
+
+// MCP logging (`notifications/message`) is deprecated by SEP-2577 in the
+// 2026-07-28 revision, but it is the one server-to-client notification
+// that carries data and that every client of the handshake revisions
+// (2024-11-05 ..= 2025-11-25, which Claude Code and the Python SDK's
+// `initialize` negotiate) surfaces; see docs/agents.md.
+#![allow(deprecated)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use hive_proto::agent::{CancelKind, Push, MAX_RECV, MAX_WAIT_MS};
+use hive_proto::client::agent::{AgentClient, AskOptions, RemindAt};
+use hive_proto::client::ClientError;
+use hive_proto::codec::DecodeError;
+use hive_proto::view::{ErrorCode, Message};
+use hive_proto::Recipient;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::model::{
+    CallToolResult, ContentBlock, Implementation, LoggingLevel, LoggingMessageNotificationParam,
+    ServerCapabilities, ServerConfig, SetLevelRequestParams,
+};
+use rmcp::service::RequestContext;
+use rmcp::{
+    tool, tool_handler, tool_router, ErrorData, Peer, RoleServer, ServerHandler, ServiceExt,
+};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Notify};
+
+use crate::{one_line, Backoff, SeenIds};
+
+/// How long a tool call made while the core is away waits for the
+/// background task to reconnect before it fails with a clear message.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(3);
+/// How long a call waits for the core's reply (beyond a `recv`'s own wait)
+/// before it is reported as unanswered.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The logger name on every announcement, so a client can tell them apart.
+pub const NOTIFY_LOGGER: &str = "hive";
+
+/// Serves MCP on stdin/stdout until the client closes stdin.
+pub async fn serve(socket: PathBuf) -> Result<()> {
+    let link = Arc::new(Link::new(socket));
+    let tools = HiveTools::new(Arc::clone(&link));
+    let running = tools.serve(rmcp::transport::stdio()).await?;
+    let keeper = tokio::spawn(keep_connected(Arc::clone(&link), running.peer().clone()));
+    let _ = running.waiting().await;
+    keeper.abort();
+    Ok(())
+}
+
+/// The one connection to the core, and the inbox items it delivered that
+/// are not acknowledged yet.
+struct Link {
+    socket: PathBuf,
+    state: Mutex<LinkState>,
+    /// Bumped whenever the connection or the inbox changes, to wake calls
+    /// waiting for either.
+    changed: watch::Sender<u64>,
+    /// Tells the background task to retry now rather than after its backoff.
+    retry_now: Notify,
+    /// The least level of announcement the client asked for
+    /// (`logging/setLevel`); announcements are `notice`.
+    min_level: Mutex<LoggingLevel>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    client: Option<AgentClient>,
+    /// Why the last connection attempt or connection failed.
+    last_error: Option<String>,
+    /// Unacknowledged items delivered on the current connection, by id.
+    inbox: BTreeMap<u64, Message>,
+}
+
+impl Link {
+    fn new(socket: PathBuf) -> Self {
+        Self {
+            socket,
+            state: Mutex::default(),
+            changed: watch::Sender::new(0),
+            retry_now: Notify::new(),
+            min_level: Mutex::new(LoggingLevel::Debug),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn connected(&self, client: AgentClient, first: Vec<Message>) {
+        let mut s = self.lock();
+        s.client = Some(client);
+        s.last_error = None;
+        s.inbox = first.into_iter().map(|m| (m.id, m)).collect();
+        drop(s);
+        self.bump();
+    }
+
+    fn arrived(&self, m: Message) {
+        self.lock().inbox.insert(m.id, m);
+        self.bump();
+    }
+
+    /// The connection is gone: what it delivered comes again on the next.
+    fn lost(&self, why: &str) {
+        let mut s = self.lock();
+        s.client = None;
+        s.last_error = Some(why.to_owned());
+        s.inbox.clear();
+        drop(s);
+        self.bump();
+    }
+
+    fn current(&self) -> Option<AgentClient> {
+        let s = self.lock();
+        s.client.clone().filter(|c| !c.is_closed())
+    }
+
+    /// The live connection, waiting up to [`CONNECT_WAIT`] for one.
+    async fn client(&self) -> Result<AgentClient, ToolError> {
+        let mut changed = self.changed.subscribe();
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        self.retry_now.notify_one();
+        let waited = tokio::time::timeout(CONNECT_WAIT, async {
+            loop {
+                if let Some(c) = self.current() {
+                    return c;
+                }
+                if changed.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        })
+        .await;
+        waited.map_err(|_| {
+            let why = self.lock().last_error.clone().unwrap_or_default();
+            ToolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the hive core is not reachable on {} ({}); it may be restarting: \
+                     try again in a few seconds",
+                    self.socket.display(),
+                    if why.is_empty() {
+                        "not connected yet"
+                    } else {
+                        &why
+                    },
+                ),
+            )
+        })
+    }
+
+    /// Up to `max` unacknowledged items, oldest first, waiting up to
+    /// `wait` for the first.
+    async fn recv(&self, wait: Duration, max: usize) -> Result<Vec<Message>, ToolError> {
+        self.client().await?;
+        let mut changed = self.changed.subscribe();
+        let take = |s: &LinkState| s.inbox.values().take(max).cloned().collect::<Vec<_>>();
+        let now = take(&self.lock());
+        if !now.is_empty() || wait.is_zero() {
+            return Ok(now);
+        }
+        let _ = tokio::time::timeout(wait, async {
+            while changed.changed().await.is_ok() {
+                if !self.lock().inbox.is_empty() {
+                    return;
+                }
+            }
+        })
+        .await;
+        Ok(take(&self.lock()))
+    }
+
+    fn acked(&self, id: u64) {
+        self.lock().inbox.remove(&id);
+    }
+
+    fn wants(&self, level: LoggingLevel) -> bool {
+        let min = *self.min_level.lock().unwrap_or_else(|p| p.into_inner());
+        level_rank(level) >= level_rank(min)
+    }
+}
+
+fn level_rank(l: LoggingLevel) -> u8 {
+    match l {
+        LoggingLevel::Debug => 0,
+        LoggingLevel::Info => 1,
+        LoggingLevel::Notice => 2,
+        LoggingLevel::Warning => 3,
+        LoggingLevel::Error => 4,
+        LoggingLevel::Critical => 5,
+        LoggingLevel::Alert => 6,
+        LoggingLevel::Emergency => 7,
+    }
+}
+
+/// Keeps one connection to the core, reconnecting with backoff, and
+/// announces each inbox item once.
+async fn keep_connected(link: Arc<Link>, peer: Peer<RoleServer>) {
+    let mut backoff = Backoff::default();
+    let mut announced = SeenIds::default();
+    let mut said: Option<String> = None;
+    loop {
+        let why = match session(&link, &peer, &mut backoff, &mut announced).await {
+            Ok(()) => {
+                said = None;
+                ClientError::Disconnected.to_string()
+            }
+            Err(e) => e.to_string(),
+        };
+        // Once per outage, not once per attempt.
+        if said.as_deref() != Some(why.as_str()) {
+            eprintln!("hive-agent mcp: {}; reconnecting", one_line(&why));
+            said = Some(why.clone());
+        }
+        link.lost(&why);
+        tokio::select! {
+            () = tokio::time::sleep(backoff.next_delay()) => {}
+            () = link.retry_now.notified() => {}
+        }
+    }
+}
+
+async fn session(
+    link: &Link,
+    peer: &Peer<RoleServer>,
+    backoff: &mut Backoff,
+    announced: &mut SeenIds,
+) -> Result<(), ClientError> {
+    let client = AgentClient::connect(&link.socket).await?;
+    let mut pushes = crate::take_pushes(&client)?;
+    let first = client.recv(0, MAX_RECV).await?;
+    backoff.reset();
+    let fresh: Vec<Message> = first
+        .messages
+        .iter()
+        .filter(|m| announced.insert(m.id))
+        .cloned()
+        .collect();
+    link.connected(client, first.messages);
+    eprintln!("hive-agent mcp: connected to {}", link.socket.display());
+    for m in fresh {
+        announce(link, peer, &m).await;
+    }
+    while let Some(Push::Message { message }) = pushes.next_push().await {
+        let fresh = announced.insert(message.id);
+        link.arrived(message.clone());
+        if fresh {
+            announce(link, peer, &message).await;
+        }
+    }
+    Ok(())
+}
+
+/// Tells the client an inbox item arrived. A client that is gone or takes
+/// no notifications loses nothing: the item stays readable through `recv`.
+async fn announce(link: &Link, peer: &Peer<RoleServer>, m: &Message) {
+    if !link.wants(LoggingLevel::Notice) {
+        return;
+    }
+    let note = LoggingMessageNotificationParam::new(
+        LoggingLevel::Notice,
+        json!({"event": "message", "message": m}),
+    )
+    .with_logger(NOTIFY_LOGGER);
+    let _ = peer.notify_logging_message(note).await;
+}
+
+/// A failed tool call: the core's refusal, or why the core could not be
+/// asked. Reported as a tool result with `isError`, never as a protocol
+/// error, so the model reads it and the session goes on.
+#[derive(Debug)]
+struct ToolError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ToolError {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn from_client(e: ClientError) -> Self {
+        match e {
+            ClientError::Rpc(e) => Self::new(e.code, e.message),
+            ClientError::Encode(DecodeError::LineTooLong) => Self::new(
+                ErrorCode::TooLarge,
+                "the request is over the agent protocol's 128 KiB line limit; nothing was sent",
+            ),
+            e if e.is_connection_lost() => Self::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the connection to the hive core was lost during this call ({e}); it may or \
+                     may not have been applied: check (for example with loose_ends) before retrying"
+                ),
+            ),
+            e => Self::new(ErrorCode::Internal, e.to_string()),
+        }
+    }
+
+    fn into_result(self) -> CallToolResult {
+        let mut r = CallToolResult::error(vec![ContentBlock::text(format!(
+            "{}: {}",
+            self.code, self.message
+        ))]);
+        r.structured_content = Some(json!({
+            "error": {"code": self.code, "message": self.message}
+        }));
+        r
+    }
+}
+
+/// A successful result as structured content (and the same JSON as text,
+/// for clients that read only text).
+fn success(v: impl Serialize) -> CallToolResult {
+    let v = serde_json::to_value(v).unwrap_or(Value::Null);
+    let v = if v.is_object() {
+        v
+    } else {
+        json!({ "result": v })
+    };
+    CallToolResult::structured(v)
+}
+
+fn finish<T: Serialize>(r: Result<T, ToolError>) -> CallToolResult {
+    match r {
+        Ok(v) => success(v),
+        Err(e) => e.into_result(),
+    }
+}
+
+fn recipient(to: &str) -> Result<Recipient, ToolError> {
+    Recipient::parse(to).map_err(|e| {
+        ToolError::new(
+            ErrorCode::BadRequest,
+            format!("{to:?} is not a recipient: {e} (use an agent name, \"operator\" or \"*\")"),
+        )
+    })
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendParams {
+    /// An agent's name, "operator" (the human running the hive), or "*"
+    /// (every agent you may message).
+    pub to: String,
+    /// The message text (at most 64 KiB).
+    pub body: String,
+    /// The id of the inbox item this message answers, if any.
+    #[serde(default)]
+    pub in_reply_to: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecvParams {
+    /// Milliseconds to wait for a first item when the inbox is empty
+    /// (default 0: answer at once; at most one hour).
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+    /// Most items to return (default 100, at most 1000).
+    #[serde(default)]
+    pub max: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AckParams {
+    /// The id of the inbox item you have handled.
+    pub msg_id: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AskParams {
+    /// An agent's name or "operator".
+    pub to: String,
+    /// The question (at most 64 KiB).
+    pub question: String,
+    /// Choices to offer; leave out for a free-text answer.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// Whether several options may be chosen.
+    #[serde(default)]
+    pub multi: bool,
+    /// Seconds until the question expires unanswered (you then get an item
+    /// of kind question_expired).
+    #[serde(default)]
+    pub ttl_s: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerParams {
+    /// The question_id of an inbox item of kind "question" addressed to you.
+    pub question_id: u64,
+    /// Your answer: free text, or one of the options offered.
+    pub answer: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelWhat {
+    Question,
+    Reminder,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CancelParams {
+    /// What to withdraw: "question" or "reminder".
+    pub kind: CancelWhat,
+    /// The question_id or reminder_id (see loose_ends).
+    pub item_id: u64,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusParams {
+    /// One line saying what you are doing (at most 1 KiB).
+    pub text: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemindParams {
+    /// Seconds from now; give this or `at`.
+    #[serde(default)]
+    pub in_s: Option<u64>,
+    /// A Unix time in milliseconds; give this or `in_s`.
+    #[serde(default)]
+    pub at: Option<i64>,
+    /// What to remind you of (at most 64 KiB).
+    pub body: String,
+}
+
+/// The MCP server: one tool per agent verb, all on the shared [`Link`].
+#[derive(Clone)]
+pub struct HiveTools {
+    link: Arc<Link>,
+    tool_router: ToolRouter<Self>,
+}
+
+impl HiveTools {
+    fn new(link: Arc<Link>) -> Self {
+        Self {
+            link,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// One call on the live connection, bounded by [`CALL_TIMEOUT`] past
+    /// `extra` (a `recv`'s own wait).
+    async fn call<T, F, Fut>(&self, extra: Duration, f: F) -> Result<T, ToolError>
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let client = self.link.client().await?;
+        match tokio::time::timeout(CALL_TIMEOUT + extra, f(client)).await {
+            Ok(r) => r.map_err(ToolError::from_client),
+            Err(_) => Err(ToolError::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "the hive core did not answer within {}s; the call may or may not have been \
+                     applied",
+                    (CALL_TIMEOUT + extra).as_secs()
+                ),
+            )),
+        }
+    }
+}
+
+#[tool_router]
+impl HiveTools {
+    #[tool(
+        description = "Who the hive knows you as, and which recipients (agents, operator, *) you may message."
+    )]
+    async fn whoami(&self) -> CallToolResult {
+        finish(
+            self.call(Duration::ZERO, |c| async move { c.whoami().await })
+                .await,
+        )
+    }
+
+    #[tool(
+        description = "Send a message to another agent, to \"operator\" (the human), or to \"*\" (every agent you may message); set in_reply_to to answer an inbox item."
+    )]
+    async fn send(&self, Parameters(p): Parameters<SendParams>) -> CallToolResult {
+        let r = async {
+            let to = recipient(&p.to)?;
+            self.call(Duration::ZERO, |c| async move {
+                c.send(to, p.body, p.in_reply_to).await
+            })
+            .await
+        };
+        finish(r.await)
+    }
+
+    #[tool(
+        description = "Read your unacknowledged inbox items (messages, questions to you, answers to your questions, reminders), oldest first; ack each one once handled or it comes again."
+    )]
+    async fn recv(&self, Parameters(p): Parameters<RecvParams>) -> CallToolResult {
+        let wait = Duration::from_millis(p.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
+        let max = p.max.unwrap_or(100).clamp(1, MAX_RECV) as usize;
+        let r = self.link.recv(wait, max).await;
+        finish(r.map(|messages| json!({ "messages": messages })))
+    }
+
+    #[tool(description = "Mark an inbox item handled so it is not delivered again.")]
+    async fn ack(&self, Parameters(p): Parameters<AckParams>) -> CallToolResult {
+        let id = p.msg_id;
+        let r = self
+            .call(Duration::ZERO, |c| async move { c.ack(id).await })
+            .await;
+        if r.is_ok() {
+            self.link.acked(id);
+        }
+        finish(r.map(|()| json!({})))
+    }
+
+    #[tool(
+        description = "Ask an agent or \"operator\" a question, optionally with choices; the answer arrives later in your inbox as an item of kind \"answer\"."
+    )]
+    async fn ask(&self, Parameters(p): Parameters<AskParams>) -> CallToolResult {
+        let r = async {
+            let to = recipient(&p.to)?;
+            let opts = AskOptions {
+                options: p.options,
+                multi: p.multi,
+                ttl_s: p.ttl_s,
+            };
+            self.call(Duration::ZERO, |c| async move {
+                c.ask(to, p.question, opts).await
+            })
+            .await
+        };
+        finish(r.await)
+    }
+
+    #[tool(
+        description = "Answer a question asked of you (its question_id is on the inbox item of kind \"question\")."
+    )]
+    async fn answer(&self, Parameters(p): Parameters<AnswerParams>) -> CallToolResult {
+        let r = self
+            .call(Duration::ZERO, |c| async move {
+                c.answer(p.question_id, p.answer).await
+            })
+            .await;
+        finish(r.map(|()| json!({})))
+    }
+
+    #[tool(
+        description = "List what is still open: questions you asked, questions asked of you, your pending proposals and reminders."
+    )]
+    async fn loose_ends(&self) -> CallToolResult {
+        finish(
+            self.call(Duration::ZERO, |c| async move { c.loose_ends().await })
+                .await,
+        )
+    }
+
+    #[tool(description = "Withdraw one of your own open questions or pending reminders.")]
+    async fn cancel(&self, Parameters(p): Parameters<CancelParams>) -> CallToolResult {
+        let kind = match p.kind {
+            CancelWhat::Question => CancelKind::Question,
+            CancelWhat::Reminder => CancelKind::Reminder,
+        };
+        let r = self
+            .call(Duration::ZERO, |c| async move {
+                c.cancel(kind, p.item_id).await
+            })
+            .await;
+        finish(r.map(|()| json!({})))
+    }
+
+    #[tool(description = "Set the one-line status the operator sees for you on the dashboard.")]
+    async fn set_status(&self, Parameters(p): Parameters<StatusParams>) -> CallToolResult {
+        let r = self
+            .call(Duration::ZERO, |c| async move { c.status(p.text).await })
+            .await;
+        finish(r.map(|()| json!({})))
+    }
+
+    #[tool(
+        description = "Schedule a reminder to yourself in in_s seconds or at a Unix-millisecond time; it arrives in your inbox as an item of kind \"reminder\"."
+    )]
+    async fn remind(&self, Parameters(p): Parameters<RemindParams>) -> CallToolResult {
+        let r = async {
+            let when =
+                match (p.in_s, p.at) {
+                    (Some(s), None) => RemindAt::In(s),
+                    (None, Some(t)) => RemindAt::At(t),
+                    _ => return Err(ToolError::new(
+                        ErrorCode::BadRequest,
+                        "give exactly one of in_s (seconds from now) and at (Unix milliseconds)",
+                    )),
+                };
+            self.call(
+                Duration::ZERO,
+                |c| async move { c.remind(when, p.body).await },
+            )
+            .await
+        };
+        finish(r.await)
+    }
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for HiveTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_logging()
+                .build(),
+        )
+        .with_server_info(Implementation::new("hive-agent", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "You are an agent in a hive. These tools speak for you on the hive's agent socket: \
+             read your inbox with recv and ack what you handled, message others with send, ask \
+             the operator with ask. New inbox items are also announced as log notifications \
+             from the \"hive\" logger.",
+        )
+    }
+
+    async fn set_level(
+        &self,
+        request: SetLevelRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        *self
+            .link
+            .min_level
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = request.level;
+        Ok(())
+    }
+}
