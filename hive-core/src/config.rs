@@ -22,6 +22,22 @@ pub const DEFAULT_EVENT_RETENTION: u64 = 100_000;
 pub const MIN_EVENT_RETENTION: u64 = 1_000;
 /// Default cap on simultaneous connections per agent socket.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
+/// Default cap on unacknowledged messages stored for one agent.
+pub const DEFAULT_MAX_UNACKED: u64 = 10_000;
+/// Default cap on the bytes of body of the unacknowledged messages stored
+/// for one agent: 64 MiB.
+pub const DEFAULT_MAX_UNACKED_BYTES: u64 = 64 << 20;
+/// Default messages per second an agent may send (a message to `*` counts
+/// once per recipient), refilled continuously.
+pub const DEFAULT_SEND_RATE: u32 = 100;
+/// Default burst: messages an idle agent may send at once.
+pub const DEFAULT_SEND_BURST: u32 = 1_000;
+/// Default status updates per second written and announced per agent;
+/// above it the newest one wins.
+pub const DEFAULT_STATUS_RATE: u32 = 2;
+/// Highest `status_rate`: the dashboard sees at most this many status
+/// events per agent per second.
+pub const MAX_STATUS_RATE: u32 = 10;
 
 /// The file as written.
 #[derive(Debug, Deserialize)]
@@ -71,6 +87,19 @@ pub struct RawAgent {
     pub egress: Option<String>,
     /// Addresses or networks exempt from the private-range drop.
     pub allow_hosts: Option<Vec<String>>,
+    /// Unacknowledged messages stored for this agent before `send`s to it
+    /// are refused with `quota_exceeded`.
+    pub max_unacked: Option<u64>,
+    /// Bytes of unacknowledged message bodies stored for this agent (an
+    /// integer, or a number with K, M or G).
+    pub max_unacked_bytes: Option<toml::Value>,
+    /// Messages per second this agent may send (token bucket).
+    pub send_rate: Option<u32>,
+    /// Messages this agent may send at once after a pause.
+    pub send_burst: Option<u32>,
+    /// Status updates per second written and announced; above it the
+    /// newest one wins.
+    pub status_rate: Option<u32>,
 }
 
 /// `limits = { memory = "512M", cpu = 1.5 }`.
@@ -188,6 +217,37 @@ pub struct AgentPolicy {
     pub limits: Limits,
     pub egress: EgressPolicy,
     pub allow_hosts: Vec<ipnet::IpNet>,
+    /// What the agent may store for others and send: its quotas.
+    pub quotas: Quotas,
+}
+
+/// One agent's quotas (DESIGN: an agent cannot fill the disk or starve the
+/// others). Each is a config key with a default; each refusal is
+/// `quota_exceeded` naming the key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quotas {
+    /// `max_unacked`: unacknowledged messages stored for this agent.
+    pub max_unacked: u64,
+    /// `max_unacked_bytes`: their body bytes.
+    pub max_unacked_bytes: u64,
+    /// `send_rate`: messages per second this agent may send.
+    pub send_rate: u32,
+    /// `send_burst`: the token bucket's size.
+    pub send_burst: u32,
+    /// `status_rate`: status updates per second written and announced.
+    pub status_rate: u32,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            max_unacked: DEFAULT_MAX_UNACKED,
+            max_unacked_bytes: DEFAULT_MAX_UNACKED_BYTES,
+            send_rate: DEFAULT_SEND_RATE,
+            send_burst: DEFAULT_SEND_BURST,
+            status_rate: DEFAULT_STATUS_RATE,
+        }
+    }
 }
 
 impl Default for AgentPolicy {
@@ -206,6 +266,7 @@ impl Default for AgentPolicy {
             limits: Limits::default(),
             egress: EgressPolicy::default(),
             allow_hosts: Vec::new(),
+            quotas: Quotas::default(),
         }
     }
 }
@@ -467,7 +528,72 @@ pub fn validate_agent(raw: RawAgent) -> Result<AgentPolicy, String> {
             policy.allow_hosts.push(net.trunc());
         }
     }
+    let quotas = RawQuotas {
+        max_unacked: raw.max_unacked,
+        max_unacked_bytes: raw.max_unacked_bytes,
+        send_rate: raw.send_rate,
+        send_burst: raw.send_burst,
+        status_rate: raw.status_rate,
+    };
+    validate_quotas(&quotas, &mut policy.quotas)?;
     Ok(policy)
+}
+
+/// The quota keys of a [`RawAgent`].
+struct RawQuotas {
+    max_unacked: Option<u64>,
+    max_unacked_bytes: Option<toml::Value>,
+    send_rate: Option<u32>,
+    send_burst: Option<u32>,
+    status_rate: Option<u32>,
+}
+
+fn validate_quotas(raw: &RawQuotas, q: &mut Quotas) -> Result<(), String> {
+    if let Some(n) = raw.max_unacked {
+        if n == 0 {
+            return Err("max_unacked must be at least 1".into());
+        }
+        q.max_unacked = n;
+    }
+    if let Some(v) = &raw.max_unacked_bytes {
+        let bytes = match v {
+            toml::Value::Integer(n) if *n > 0 => Some(*n as u64),
+            toml::Value::String(s) => parse_bytes(s),
+            _ => None,
+        }
+        .ok_or_else(|| {
+            format!("max_unacked_bytes {v} is not a size (bytes, or a number with K, M or G)")
+        })?;
+        // One largest message must always fit.
+        let min = hive_proto::agent::MAX_BODY as u64;
+        if bytes < min {
+            return Err(format!(
+                "max_unacked_bytes is {bytes}; at least {min} (one largest message body)"
+            ));
+        }
+        q.max_unacked_bytes = bytes;
+    }
+    if let Some(n) = raw.send_rate {
+        if n == 0 {
+            return Err("send_rate must be at least 1 message per second".into());
+        }
+        q.send_rate = n;
+    }
+    if let Some(n) = raw.send_burst {
+        if n == 0 {
+            return Err("send_burst must be at least 1".into());
+        }
+        q.send_burst = n;
+    }
+    if let Some(n) = raw.status_rate {
+        if !(1..=MAX_STATUS_RATE).contains(&n) {
+            return Err(format!(
+                "status_rate is {n}; between 1 and {MAX_STATUS_RATE} updates per second"
+            ));
+        }
+        q.status_rate = n;
+    }
+    Ok(())
 }
 
 /// Smallest memory limit accepted: below this an agent cannot even start.

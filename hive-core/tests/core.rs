@@ -11,6 +11,8 @@
 //!   operator identity in the audit log, event streams that resume.
 //! - `audit`: `audit verify` detects a row changed behind the daemon's back.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
+//! - `quota`: an agent flooding `send`/`status` is refused or coalesced
+//!   while others flow; what is stored for an agent is capped.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 //! - `mcp`: `hive-agent mcp` driven by the official MCP Python SDK.
 
@@ -33,3 +35,5 @@ mod durability;
 mod mcp;
 #[path = "core/operator.rs"]
 mod operator;
+#[path = "core/quota.rs"]
+mod quota;

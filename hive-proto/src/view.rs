@@ -92,6 +92,10 @@ pub enum ErrorCode {
     Unavailable,
     /// A bug or an I/O failure in the core; the detail is in its log.
     Internal,
+    /// A per-agent quota (a rate, or what is stored for an agent) is used
+    /// up; the message names the config key. Retrying later may work.
+    /// Appended last: postcard encodes the variant index.
+    QuotaExceeded,
 }
 
 impl fmt::Display for ErrorCode {

@@ -103,6 +103,7 @@ fn error_code() -> impl Strategy<Value = ErrorCode> {
         Just(ErrorCode::Unsupported),
         Just(ErrorCode::Unavailable),
         Just(ErrorCode::Internal),
+        Just(ErrorCode::QuotaExceeded),
     ]
 }
 

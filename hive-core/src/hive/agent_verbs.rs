@@ -15,8 +15,10 @@ use hive_proto::view::{ErrorCode, ItemKind, QuestionState};
 use hive_proto::{AgentName, Principal, Recipient};
 use serde::Serialize;
 
+use super::quota::{StatusAdmit, StatusFlush};
 use super::reply_budget::Budget;
 use super::{Hive, Refusal};
+use crate::config::Quotas;
 use crate::store::{NewMessage, NewQuestion, StoreError};
 
 /// Longest TTL a question may ask for: 30 days.
@@ -117,13 +119,7 @@ impl Hive {
             }
             AgentRequest::Status { text } => {
                 check_len("status", &text, MAX_STATUS)?;
-                let name = me.clone();
-                self.store()
-                    .write(move |tx| {
-                        tx.set_status(&name, &text)?;
-                        tx.audit(&actor(&name), "status", &text)
-                    })
-                    .await?;
+                self.status(me, text).await?;
                 json(Done {})
             }
             AgentRequest::Remind { in_s, at, body } => json(self.remind(me, in_s, at, body).await?),
@@ -134,6 +130,61 @@ impl Hive {
                 ))
             }
         }
+    }
+
+    /// `status`: written now within `status_rate`; above it the newest
+    /// status waits for the next token (the reply is `ok` at once) and the
+    /// ones it replaced are never written, audited or announced.
+    async fn status(&self, me: &AgentName, text: String) -> Result<(), Refusal> {
+        let quotas = self.quotas_of(me)?;
+        match self.inner.meters.status(me, &quotas, text.clone()) {
+            StatusAdmit::WriteNow => self.write_status(me, text).await,
+            StatusAdmit::Coalesced { start_flush } => {
+                if start_flush {
+                    let (hive, me) = (self.clone(), me.clone());
+                    tokio::spawn(async move { hive.flush_status(me, quotas).await });
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `agent`'s newest pending status whenever its rate allows,
+    /// until none is pending.
+    async fn flush_status(&self, agent: AgentName, quotas: Quotas) {
+        loop {
+            match self.inner.meters.status_flush(&agent, &quotas) {
+                StatusFlush::Done => return,
+                StatusFlush::Wait(d) => tokio::time::sleep(d).await,
+                StatusFlush::Write(text) => {
+                    if let Err(e) = self.write_status(&agent, text).await {
+                        tracing::warn!(agent = %agent, error = %e, "writing a coalesced status");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Commits `text` as `agent`'s status, with its audit row and event.
+    pub(super) async fn write_status(
+        &self,
+        agent: &AgentName,
+        text: String,
+    ) -> Result<(), Refusal> {
+        let name = agent.clone();
+        self.store()
+            .write(move |tx| {
+                tx.set_status(&name, &text)?;
+                tx.audit(&actor(&name), "status", &text)
+            })
+            .await?;
+        Ok(())
+    }
+
+    fn quotas_of(&self, agent: &AgentName) -> Result<Quotas, Refusal> {
+        self.policy(agent)
+            .map(|p| p.quotas)
+            .ok_or_else(|| Refusal::new(ErrorCode::NotFound, format!("no agent {agent}")))
     }
 
     async fn send(
@@ -179,6 +230,21 @@ impl Hive {
                 .map(|a| Principal::Agent(a.clone()))
                 .collect(),
         };
+        let quotas = self.quotas_of(me)?;
+        let count = u32::try_from(recipients.len()).unwrap_or(u32::MAX);
+        self.inner.meters.send(me, &quotas, count)?;
+        // What each agent recipient may still store, checked in the job
+        // against the store's own count, so check and insert are atomic.
+        let recipients: Vec<(Principal, Option<Quotas>)> = recipients
+            .into_iter()
+            .map(|r| {
+                let q = match &r {
+                    Principal::Agent(a) => self.policy(a).map(|p| p.quotas),
+                    _ => None,
+                };
+                (r, q)
+            })
+            .collect();
         let me = me.clone();
         let ids = self
             .store()
@@ -187,8 +253,13 @@ impl Hive {
                 if let Some(orig) = in_reply_to {
                     check_reply_target(tx, &from, orig)?;
                 }
+                for (r, q) in &recipients {
+                    if let Some(q) = q {
+                        check_mailbox_room(tx, r, q, body.len())?;
+                    }
+                }
                 let mut ids = Vec::with_capacity(recipients.len());
-                for r in recipients {
+                for (r, _) in recipients {
                     let m = tx.insert_message(NewMessage::plain(
                         from.clone(),
                         r,
@@ -470,6 +541,36 @@ impl Hive {
 enum When {
     In(i64),
     At(i64),
+}
+
+/// A message of `bytes` more for `to` must stay within its `max_unacked`
+/// and `max_unacked_bytes`; otherwise the send is refused whole.
+fn check_mailbox_room(
+    tx: &crate::store::Tx<'_>,
+    to: &Principal,
+    q: &Quotas,
+    bytes: usize,
+) -> Result<(), StoreError> {
+    let (n, stored) = tx.reader().mailbox_usage(to)?;
+    if n >= q.max_unacked {
+        return Err(StoreError::refused(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "max_unacked: {to} has {n} unacknowledged messages (its limit is {});                  nothing was sent; retry when it has caught up",
+                q.max_unacked
+            ),
+        ));
+    }
+    if stored.saturating_add(bytes as u64) > q.max_unacked_bytes {
+        return Err(StoreError::refused(
+            ErrorCode::QuotaExceeded,
+            format!(
+                "max_unacked_bytes: {to} holds {stored} bytes of unacknowledged messages and                  {bytes} more would pass its limit of {}; nothing was sent",
+                q.max_unacked_bytes
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `in_reply_to` must name a message in the sender's own mailbox: an agent

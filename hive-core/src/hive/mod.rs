@@ -8,6 +8,7 @@
 
 mod agent_verbs;
 mod operator_verbs;
+pub mod quota;
 pub mod reply_budget;
 mod scheduler;
 mod state_files;
@@ -166,6 +167,8 @@ struct Inner {
     /// Wakes the scheduler when a new deadline is set.
     scheduler_wake: Notify,
     runtime: OnceLock<Arc<dyn RuntimeControl>>,
+    /// The in-memory quotas: send rate and status coalescing per agent.
+    meters: quota::Meters,
 }
 
 impl Hive {
@@ -184,6 +187,7 @@ impl Hive {
                 started: Instant::now(),
                 scheduler_wake: Notify::new(),
                 runtime: OnceLock::new(),
+                meters: quota::Meters::default(),
             }),
         })
     }
@@ -305,8 +309,15 @@ impl Hive {
         self.inner.scheduler_wake.notify_one();
     }
 
-    /// Flushes and stops the store's writer.
+    /// Writes the statuses still waiting for their rate (the newest one
+    /// per agent is never dropped), then flushes and stops the store's
+    /// writer.
     pub async fn shutdown(&self) {
+        for (agent, text) in self.inner.meters.take_pending_statuses() {
+            if let Err(e) = self.write_status(&agent, text).await {
+                tracing::warn!(agent = %agent, error = %e, "writing the last status at shutdown");
+            }
+        }
         self.inner.store.shutdown().await;
     }
 }

@@ -418,9 +418,10 @@ async fn concurrent_writes_commit_in_groups_and_all_land() {
 #[tokio::test]
 async fn old_events_are_pruned_newest_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let h = hive(dir.path(), "").await;
+    // Ten statuses, each written (within carol's status_rate), each an event.
+    let h = hive(dir.path(), "status_rate = 10\n").await;
     for i in 0..10 {
-        call(&h, "alice", json!({"op":"status","text":format!("s{i}")}))
+        call(&h, "carol", json!({"op":"status","text":format!("s{i}")}))
             .await
             .unwrap();
     }

@@ -94,9 +94,29 @@ pub fn prepare_writer(conn: &Connection) -> rusqlite::Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    conn.execute_batch(QUOTA_SCHEMA)?;
     conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     Ok(())
 }
+
+/// Owned by the quotas (`hive::quota`): what each mailbox holds
+/// unacknowledged, kept by `Tx::insert_message` and `Tx::ack` in the same
+/// transaction as the change, so the `max_unacked` checks cost one row
+/// read. Recomputed from `messages` at every start, so it cannot drift
+/// across versions or a restored database.
+const QUOTA_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS quota_mailbox_usage (
+    recipient     TEXT PRIMARY KEY,
+    unacked       INTEGER NOT NULL,
+    unacked_bytes INTEGER NOT NULL
+);
+BEGIN IMMEDIATE;
+DELETE FROM quota_mailbox_usage;
+INSERT INTO quota_mailbox_usage (recipient, unacked, unacked_bytes)
+    SELECT recipient, COUNT(*), SUM(octet_length(body)) FROM messages
+    WHERE acked_at IS NULL GROUP BY recipient;
+COMMIT;
+"#;
 
 /// Settings for a reader connection.
 pub fn prepare_reader(conn: &Connection) -> rusqlite::Result<()> {

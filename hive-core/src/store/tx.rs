@@ -7,7 +7,7 @@ use std::sync::Arc;
 use hive_proto::event::{Event, EventRecord};
 use hive_proto::view::{ErrorCode, ItemKind, Message, Question, QuestionState, Reminder};
 use hive_proto::{AgentName, Principal};
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::read::{question_state_str, Reader};
 use super::{audit, sql_int, StoreError};
@@ -178,6 +178,15 @@ impl<'a> Tx<'a> {
                 self.now,
             ])?;
         let id = self.conn.last_insert_rowid() as u64;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO quota_mailbox_usage (recipient, unacked, unacked_bytes)
+                 VALUES (?1, 1, ?2)
+                 ON CONFLICT (recipient) DO UPDATE SET
+                     unacked = unacked + 1,
+                     unacked_bytes = unacked_bytes + excluded.unacked_bytes",
+            )?
+            .execute(params![m.to.to_string(), m.body.len() as i64])?;
         let msg = Arc::new(Message {
             id,
             kind: m.kind,
@@ -204,14 +213,27 @@ impl<'a> Tx<'a> {
     /// message that is not in `mailbox` is `not_found` (whether or not it
     /// exists elsewhere: a mailbox owner learns nothing about others).
     pub fn ack(&mut self, mailbox: &Principal, id: u64) -> Result<(), StoreError> {
-        let changed = self
+        let acked_bytes: Option<i64> = self
             .conn
             .prepare_cached(
                 "UPDATE messages SET acked_at = ?1
-                 WHERE id = ?2 AND recipient = ?3 AND acked_at IS NULL",
+                 WHERE id = ?2 AND recipient = ?3 AND acked_at IS NULL
+                 RETURNING octet_length(body)",
             )?
-            .execute(params![self.now, sql_int(id), mailbox.to_string()])?;
-        if changed == 0 {
+            .query_row(params![self.now, sql_int(id), mailbox.to_string()], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(bytes) = acked_bytes {
+            self.conn
+                .prepare_cached(
+                    "UPDATE quota_mailbox_usage
+                     SET unacked = unacked - 1, unacked_bytes = unacked_bytes - ?2
+                     WHERE recipient = ?1",
+                )?
+                .execute(params![mailbox.to_string(), bytes])?;
+        }
+        if acked_bytes.is_none() {
             let exists: bool = self.conn.query_row(
                 "SELECT EXISTS(SELECT 1 FROM messages WHERE id = ?1 AND recipient = ?2)",
                 params![sql_int(id), mailbox.to_string()],

@@ -328,15 +328,21 @@ async fn next_frame(
 async fn a_subscriber_resuming_from_pruned_events_is_told_lagged_then_resumes_at_the_oldest_kept() {
     // The smallest retention a config may set, so the scheduler's own prune
     // (at start-up and every 10 minutes) drops the oldest events here.
-    let mut hive = TestHive::with_config("event_retention = 1000", "[agents.alice]\n");
+    // Each send to the operator is one event; alice's send quota is
+    // raised so all 1,010 go through.
+    let mut hive = TestHive::with_config(
+        "event_retention = 1000",
+        "[agents.alice]\nsend_rate = 100000\nsend_burst = 100000\n",
+    );
     hive.start();
     let mut alice = LineConn::connect(&hive.agent_socket("alice"))
         .await
         .unwrap();
     for i in 0..1010 {
-        alice
-            .request("status", json!({"text": format!("s{i}")}))
+        let r = alice
+            .request("send", json!({"to": "operator", "body": format!("m{i}")}))
             .await;
+        assert_eq!(r["ok"], json!(true), "{r}");
     }
     drop(alice);
     let last = last_event_seq(&hive).await;
@@ -369,12 +375,21 @@ async fn a_subscriber_resuming_from_pruned_events_is_told_lagged_then_resumes_at
     );
 
     // Resubscribing from there (as hive-web and hivectl do) is the three
-    // kept events, then live ones, with no second Lagged.
+    // kept events in order, with no second Lagged.
     let mut resumed = subscribe(hive.admin_socket(), first_kept - 1)
         .await
         .unwrap();
-    for i in 10..1010 {
-        assert_eq!(next_status(&mut resumed).await.1, format!("s{i}"));
+    for seq in first_kept..=last {
+        let item = tokio::time::timeout(Duration::from_secs(10), resumed.next_item())
+            .await
+            .expect("an event in time")
+            .expect("stream open")
+            .expect("no error");
+        let Streamed::Event(rec) = item else {
+            panic!("no second Lagged: {item:?}")
+        };
+        assert_eq!(rec.seq, seq);
+        assert!(matches!(rec.event, Event::MessageSent { .. }), "{rec:?}");
     }
 
     // On the wire, Lagged is the subscription's last frame: the core sends
