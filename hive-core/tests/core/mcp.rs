@@ -27,6 +27,8 @@ const TOOLS: &[&str] = &[
     "cancel",
     "set_status",
     "remind",
+    "propose_config",
+    "request_spawn",
 ];
 
 /// The Python client as a child: its reports in, the test's go-aheads out.

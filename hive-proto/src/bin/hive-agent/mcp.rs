@@ -33,7 +33,7 @@ use hive_proto::client::agent::{AgentClient, AskOptions, RemindAt};
 use hive_proto::client::ClientError;
 use hive_proto::codec::DecodeError;
 use hive_proto::view::{ErrorCode, Message};
-use hive_proto::Recipient;
+use hive_proto::{AgentName, Recipient, RelPath};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
 use rmcp::model::{
@@ -466,6 +466,55 @@ pub struct RemindParams {
     pub body: String,
 }
 
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProposeConfigParams {
+    /// The agent the files are for: yourself, or one your policy lets you
+    /// propose for (can_propose_for).
+    pub agent: String,
+    /// Paths relative to the agent's directory in the config repo
+    /// ("agent.toml", "agent.nix") mapped to their whole new content.
+    pub files: BTreeMap<String, String>,
+    /// Why: the commit message the operator reads when deciding.
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpawnParams {
+    /// The new agent's name (lowercase letters, digits and '-'; not taken).
+    pub name: String,
+    /// Its files, at least "agent.toml", mapped to their content.
+    pub files: BTreeMap<String, String>,
+    /// Why it should exist, for the operator.
+    #[serde(default)]
+    pub message: String,
+}
+
+fn agent_name(s: &str) -> Result<AgentName, ToolError> {
+    AgentName::new(s).map_err(|e| {
+        ToolError::new(
+            ErrorCode::BadRequest,
+            format!("{s:?} is not an agent name: {e}"),
+        )
+    })
+}
+
+fn config_files(files: BTreeMap<String, String>) -> Result<BTreeMap<RelPath, String>, ToolError> {
+    files
+        .into_iter()
+        .map(|(path, text)| {
+            let rel = RelPath::new(&path).map_err(|e| {
+                ToolError::new(
+                    ErrorCode::BadRequest,
+                    format!("{path:?} is not a path inside the agent's directory: {e}"),
+                )
+            })?;
+            Ok((rel, text))
+        })
+        .collect()
+}
+
 /// The MCP server: one tool per agent verb, all on the shared [`Link`].
 #[derive(Clone)]
 pub struct HiveTools {
@@ -636,6 +685,39 @@ impl HiveTools {
         };
         finish(r.await)
     }
+
+    #[tool(
+        description = "Propose new config files for yourself or an agent you may propose for; nothing changes until the operator approves, and the decision arrives in your inbox as an item of kind \"approval_decided\"."
+    )]
+    async fn propose_config(
+        &self,
+        Parameters(p): Parameters<ProposeConfigParams>,
+    ) -> CallToolResult {
+        let r = async {
+            let agent = agent_name(&p.agent)?;
+            let files = config_files(p.files)?;
+            self.call(Duration::ZERO, |c| async move {
+                c.propose_config(agent, files, p.message).await
+            })
+            .await
+        };
+        finish(r.await)
+    }
+
+    #[tool(
+        description = "Ask the operator for a new agent with these files (at least agent.toml); it exists only once approved, and the decision arrives in your inbox as an item of kind \"approval_decided\"."
+    )]
+    async fn request_spawn(&self, Parameters(p): Parameters<RequestSpawnParams>) -> CallToolResult {
+        let r = async {
+            let name = agent_name(&p.name)?;
+            let files = config_files(p.files)?;
+            self.call(Duration::ZERO, |c| async move {
+                c.request_spawn(name, files, p.message).await
+            })
+            .await
+        };
+        finish(r.await)
+    }
 }
 
 #[tool_handler(router = self.tool_router)]
@@ -667,5 +749,60 @@ impl ServerHandler for HiveTools {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = request.level;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hive_proto::operator::RpcError;
+
+    #[test]
+    fn a_refusal_keeps_the_cores_code_and_a_lost_connection_is_unavailable() {
+        let e = ToolError::from_client(ClientError::Rpc(RpcError::new(
+            ErrorCode::Forbidden,
+            "not yours",
+        )));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            (ErrorCode::Forbidden, "not yours")
+        );
+        let r = e.into_result();
+        assert_eq!(r.is_error, Some(true));
+        assert_eq!(
+            r.structured_content,
+            Some(json!({"error": {"code": "forbidden", "message": "not yours"}}))
+        );
+        let e = ToolError::from_client(ClientError::Disconnected);
+        assert_eq!(e.code, ErrorCode::Unavailable);
+        assert!(
+            e.message.contains("may or may not have been applied"),
+            "{}",
+            e.message
+        );
+        let e = ToolError::from_client(ClientError::Encode(DecodeError::LineTooLong));
+        assert_eq!(e.code, ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn names_and_paths_are_checked_before_the_core_is_asked() {
+        assert_eq!(recipient("../x").unwrap_err().code, ErrorCode::BadRequest);
+        assert!(matches!(recipient("*"), Ok(Recipient::All)));
+        assert_eq!(
+            agent_name("Bad Name").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        let files = BTreeMap::from([("../bob/agent.toml".to_owned(), String::new())]);
+        assert_eq!(config_files(files).unwrap_err().code, ErrorCode::BadRequest);
+        let files = BTreeMap::from([("agent.toml".to_owned(), "x".to_owned())]);
+        assert_eq!(config_files(files).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_result_that_is_not_an_object_is_wrapped_in_one() {
+        let r = success(7);
+        assert_eq!(r.structured_content, Some(json!({"result": 7})));
+        let r = success(json!({"ids": [1]}));
+        assert_eq!(r.structured_content, Some(json!({"ids": [1]})));
     }
 }
