@@ -24,7 +24,9 @@ use crate::auth::{AccessPolicy, LoggedPeers};
 use crate::coalesce::{is_coalescible, Coalescer, SendFn};
 use crate::core_link::{CoreError, CoreLink};
 use crate::hub::EventHub;
+use crate::login_limit::LoginLimiter;
 use crate::metrics::Metrics;
+use crate::routes::ops::Readiness;
 use crate::routes::{actions, api, assets, login, ops, pages, sse};
 use crate::session::SessionStore;
 use crate::tokens::TokenSet;
@@ -63,6 +65,10 @@ pub struct Shared {
     pub access: AccessPolicy,
     /// Peers whose refused tailscale header was already logged.
     pub logged_peers: LoggedPeers,
+    /// Per-address backoff for `POST /login`.
+    pub login_limiter: LoginLimiter,
+    /// `/readyz`'s last probe of the core.
+    pub readiness: Readiness,
     /// One permit per browser following the event stream.
     pub sse_slots: Arc<Semaphore>,
     /// Collapses concurrent dashboard reads into rounds.
@@ -92,6 +98,8 @@ impl AppState {
                 metrics: Metrics::new(),
                 access,
                 logged_peers: LoggedPeers::default(),
+                login_limiter: LoginLimiter::new(),
+                readiness: Readiness::default(),
                 sse_slots: Arc::new(Semaphore::new(MAX_SSE_CLIENTS)),
                 coalescer: Arc::new(Coalescer::new()),
             }),

@@ -34,7 +34,7 @@ use subtle::ConstantTimeEq;
 
 use crate::app::AppState;
 use crate::error::{ApiError, AppError};
-use crate::session::{SessionInfo, COOKIE_NAME};
+use crate::session::{cookie_name, SessionInfo};
 use crate::sock_diag::PeerSocket;
 
 /// The header `tailscale serve` sets to the tailnet login of the visitor.
@@ -252,7 +252,7 @@ pub async fn identify(State(state): State<AppState>, mut req: Request, next: Nex
         && !path.starts_with("/static/")
         && is_top_level_navigation(headers);
 
-    let from_cookie = session_cookie(headers).and_then(|id| state.sessions.lookup(id));
+    let from_cookie = session_cookie(headers, secure).and_then(|id| state.sessions.lookup(id));
     let tailscale = tailscale_login(&state, &req, peer);
     let headers = req.headers();
 
@@ -558,12 +558,14 @@ pub fn check_same_origin(headers: &HeaderMap, transport: &Transport) -> Result<(
     }
 }
 
-/// The `Set-Cookie` value that starts a session.
+/// The `Set-Cookie` value that starts a session: `__Host-hive_session`
+/// with `Secure` behind TLS, `hive_session` over plain HTTP.
 pub fn session_cookie_header(id: &str, secure: bool) -> HeaderValue {
+    let name = cookie_name(secure);
     let secure = if secure { "; Secure" } else { "" };
     // The id is URL-safe base64, so the value is always a valid header.
     HeaderValue::from_str(&format!(
-        "{COOKIE_NAME}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"
+        "{name}={id}; Path=/; HttpOnly; SameSite=Strict{secure}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("invalid=1"))
 }
@@ -572,22 +574,24 @@ pub fn session_cookie_header(id: &str, secure: bool) -> HeaderValue {
 pub fn clear_cookie_header(secure: bool) -> HeaderValue {
     if secure {
         HeaderValue::from_static(
-            "hive_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
+            "__Host-hive_session=; Path=/; HttpOnly; SameSite=Strict; Secure; Max-Age=0",
         )
     } else {
         HeaderValue::from_static("hive_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0")
     }
 }
 
-/// The session id from the `Cookie` header(s), if any.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+/// The session id from the `Cookie` header(s), if any: behind TLS only the
+/// `__Host-` cookie counts (a plain one could have been planted).
+fn session_cookie(headers: &HeaderMap, secure: bool) -> Option<&str> {
+    let name = cookie_name(secure);
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE_NAME)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v)
 }
 
@@ -675,8 +679,15 @@ mod tests {
     #[test]
     fn cookie_and_bearer_parsing() {
         let h = headers(&[("cookie", "a=1; hive_session=abc; b=2")]);
-        assert_eq!(session_cookie(&h), Some("abc"));
-        assert_eq!(session_cookie(&headers(&[("cookie", "x=1")])), None);
+        assert_eq!(session_cookie(&h, false), Some("abc"));
+        assert_eq!(
+            session_cookie(&h, true),
+            None,
+            "behind TLS only __Host- counts"
+        );
+        let h = headers(&[("cookie", "__Host-hive_session=def; hive_session=abc")]);
+        assert_eq!(session_cookie(&h, true), Some("def"));
+        assert_eq!(session_cookie(&headers(&[("cookie", "x=1")]), false), None);
         assert_eq!(
             bearer(&headers(&[("authorization", "Bearer tok")])),
             Some("tok")
@@ -693,11 +704,11 @@ mod tests {
     }
 
     #[test]
-    fn the_session_cookie_is_httponly_strict_and_secure_on_tls() {
+    fn the_session_cookie_is_httponly_strict_and_host_prefixed_and_secure_on_tls() {
         let c = session_cookie_header("abc", true);
         assert_eq!(
             c.to_str().unwrap(),
-            "hive_session=abc; Path=/; HttpOnly; SameSite=Strict; Secure"
+            "__Host-hive_session=abc; Path=/; HttpOnly; SameSite=Strict; Secure"
         );
         assert!(!session_cookie_header("abc", false)
             .to_str()

@@ -26,6 +26,7 @@ pub mod config;
 pub mod core_link;
 pub mod error;
 pub mod hub;
+pub mod login_limit;
 pub mod metrics;
 pub mod privilege;
 pub mod routes;

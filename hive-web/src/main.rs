@@ -49,7 +49,15 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
-    let tokens = TokenSet::load(&config.tokens_file)?;
+    // The file must be the gateway's own: owned by the uid reading it now,
+    // or by the user it is about to become.
+    let mut owners = vec![nix::unistd::geteuid().as_raw()];
+    if let Some(name) = config.user.as_deref() {
+        if let Ok(Some(user)) = nix::unistd::User::from_name(name) {
+            owners.push(user.uid.as_raw());
+        }
+    }
+    let tokens = TokenSet::load(&config.tokens_file, &owners)?;
     // Still single-threaded here: credentials are per thread on Linux, so
     // the drop must happen before the runtime starts its workers.
     let dropped = privilege::drop_privileges(config.user.as_deref())?;

@@ -6,20 +6,42 @@
 //! compares the secret itself byte by byte. Sessions live only in memory: a
 //! gateway restart logs everyone out, which is the safe failure.
 //!
+//! A session also owns the event streams it opened: at most
+//! [`MAX_STREAMS_PER_SESSION`], and all of them end when it does
+//! ([`SessionStore::open_stream`]).
+//!
 //! This module must never log or return a session id once the cookie is
 //! built, and never accept an id it did not mint.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+// tokio's clock (std's outside a paused test runtime), so tests can move
+// time past an idle timeout without waiting for it.
+use tokio::time::Instant;
 
-/// The session cookie's name.
+/// The session cookie's name over plain HTTP (loopback development).
 pub const COOKIE_NAME: &str = "hive_session";
+/// The session cookie's name behind TLS (`tailscale serve` or another
+/// loopback proxy saying `https`): the `__Host-` prefix makes the browser
+/// refuse it unless it is `Secure`, `Path=/` and has no `Domain`, so neither
+/// a sibling subdomain nor a plain-HTTP page can plant one.
+pub const SECURE_COOKIE_NAME: &str = "__Host-hive_session";
+
+/// The cookie name for a transport.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure {
+        SECURE_COOKIE_NAME
+    } else {
+        COOKIE_NAME
+    }
+}
 /// Random bytes in a session id and in a form token.
 pub const SESSION_ID_BYTES: usize = 32;
 /// A session unused for this long is gone.
@@ -28,6 +50,8 @@ pub const SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(12 * 3600);
 pub const SESSION_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most sessions held at once; the least recently used goes first.
 pub const MAX_SESSIONS: usize = 1024;
+/// Most event streams one session may hold open (a few tabs).
+pub const MAX_STREAMS_PER_SESSION: usize = 4;
 
 /// Something to show once on the next page (the result of a form POST).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,13 +76,37 @@ struct Session {
     created: Instant,
     last_seen: Instant,
     flash: Option<Flash>,
+    /// One permit per open event stream.
+    streams: Arc<Semaphore>,
+    /// Dropped with the session; every stream it opened watches it and ends.
+    ended: watch::Sender<()>,
 }
 
 impl Session {
-    fn expired(&self, now: Instant) -> bool {
-        now.duration_since(self.last_seen) > SESSION_IDLE_TIMEOUT
-            || now.duration_since(self.created) > SESSION_MAX_AGE
+    fn expires_at(&self) -> Instant {
+        (self.last_seen + SESSION_IDLE_TIMEOUT).min(self.created + SESSION_MAX_AGE)
     }
+
+    fn expired(&self, now: Instant) -> bool {
+        now > self.expires_at()
+    }
+}
+
+/// What an event stream of a session holds: its slot among the session's
+/// [`MAX_STREAMS_PER_SESSION`], and a watch that closes when the session
+/// ends (logout, expiry or eviction).
+pub struct SessionStream {
+    pub permit: OwnedSemaphorePermit,
+    pub ended: watch::Receiver<()>,
+}
+
+/// Why a session may not open another event stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamRefusal {
+    /// The session has ended.
+    Gone,
+    /// It already holds [`MAX_STREAMS_PER_SESSION`].
+    TooMany,
 }
 
 /// Every live session.
@@ -96,6 +144,8 @@ impl SessionStore {
                 created: now,
                 last_seen: now,
                 flash: None,
+                streams: Arc::new(Semaphore::new(MAX_STREAMS_PER_SESSION)),
+                ended: watch::channel(()).0,
             },
         );
         let info = SessionInfo {
@@ -128,9 +178,42 @@ impl SessionStore {
         })
     }
 
-    /// Ends a session.
+    /// Ends a session, and with it every event stream it opened.
     pub fn remove(&self, key: &[u8; 32]) {
         self.lock().remove(key);
+    }
+
+    /// A slot for one more event stream of the session `key`.
+    pub fn open_stream(&self, key: &[u8; 32]) -> Result<SessionStream, StreamRefusal> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let session = map.get(key).ok_or(StreamRefusal::Gone)?;
+        if session.expired(now) {
+            map.remove(key);
+            return Err(StreamRefusal::Gone);
+        }
+        let permit = session
+            .streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| StreamRefusal::TooMany)?;
+        Ok(SessionStream {
+            permit,
+            ended: session.ended.subscribe(),
+        })
+    }
+
+    /// When the session `key` expires if nothing uses it; `None` (and the
+    /// session is removed) once it has. Does not count as use.
+    pub fn expires_at(&self, key: &[u8; 32]) -> Option<Instant> {
+        let now = Instant::now();
+        let mut map = self.lock();
+        let at = map.get(key)?.expires_at();
+        if now > at {
+            map.remove(key);
+            return None;
+        }
+        Some(at)
     }
 
     /// Leaves `flash` for the session's next page.
@@ -204,6 +287,31 @@ mod tests {
         );
         assert_eq!(store.take_flash(&info.key).unwrap().text, "sent");
         assert!(store.take_flash(&info.key).is_none());
+    }
+
+    #[test]
+    fn a_session_holds_a_few_streams_and_ending_it_ends_them() {
+        let store = SessionStore::new();
+        let (_, info) = store.create("ops");
+        let mut open: Vec<_> = (0..MAX_STREAMS_PER_SESSION)
+            .map(|_| store.open_stream(&info.key).unwrap())
+            .collect();
+        assert_eq!(
+            store.open_stream(&info.key).err(),
+            Some(StreamRefusal::TooMany)
+        );
+        open.pop();
+        let last = store.open_stream(&info.key).unwrap();
+        assert!(
+            last.ended.has_changed().is_ok(),
+            "open while the session lives"
+        );
+        store.remove(&info.key);
+        assert!(last.ended.has_changed().is_err(), "closed with the session");
+        assert_eq!(
+            store.open_stream(&info.key).err(),
+            Some(StreamRefusal::Gone)
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ use subtle::ConstantTimeEq;
 pub const TOKENS_FILE_MAX: u64 = 64 * 1024;
 /// Most entries in a tokens file.
 pub const MAX_TOKENS: usize = 256;
-/// Shortest token: below this a token is guessable.
-pub const TOKEN_MIN_LEN: usize = 16;
+/// Shortest token: 32 characters, 128 bits even if they are only hex digits.
+pub const TOKEN_MIN_LEN: usize = 32;
 /// Longest token.
 pub const TOKEN_MAX_LEN: usize = 512;
 /// Longest login name.
@@ -42,6 +42,12 @@ pub enum TokenFileError {
     },
     #[error("the tokens file {path} is larger than {TOKENS_FILE_MAX} bytes")]
     TooLarge { path: PathBuf },
+    #[error("the tokens file {path} is readable or writable by group or others (mode {mode:o}); make it 0600 or 0400")]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "the tokens file {path} is owned by uid {owner}, not by the gateway's own user; chown it"
+    )]
+    ForeignOwner { path: PathBuf, owner: u32 },
     #[error("the tokens file is not UTF-8")]
     NotUtf8,
     #[error("tokens file line {line}: a token must be {TOKEN_MIN_LEN} to {TOKEN_MAX_LEN} characters of A-Z a-z 0-9 - . _ ~ + / =")]
@@ -79,9 +85,11 @@ impl std::fmt::Debug for TokenSet {
 }
 
 impl TokenSet {
-    /// Reads and parses the tokens file at `path`. Warns (without failing)
-    /// when the file is readable by group or others.
-    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+    /// Reads and parses the tokens file at `path`. The file must be owned by
+    /// one of `owners` (the gateway's own uid, and the user it will become)
+    /// and have no permission bit for group or others: a token anyone else
+    /// can read or rewrite is not the gateway's credential.
+    pub fn load(path: &Path, owners: &[u32]) -> Result<Self, TokenFileError> {
         let read_err = |source| TokenFileError::Read {
             path: path.to_owned(),
             source,
@@ -94,11 +102,16 @@ impl TokenSet {
             });
         }
         if meta.mode() & 0o077 != 0 {
-            tracing::warn!(
-                path = %path.display(),
-                mode = format_args!("{:o}", meta.mode() & 0o7777),
-                "the tokens file is readable by other users; it should be mode 0600 or 0400"
-            );
+            return Err(TokenFileError::Exposed {
+                path: path.to_owned(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+        if !owners.contains(&meta.uid()) {
+            return Err(TokenFileError::ForeignOwner {
+                path: path.to_owned(),
+                owner: meta.uid(),
+            });
         }
         let mut bytes = Vec::new();
         // Read one byte past the limit so a file that grew since the stat is
@@ -206,7 +219,7 @@ mod tests {
     use super::*;
 
     const T1: &str = "0123456789abcdef0123456789abcdef";
-    const T2: &str = "ZZZZZZZZZZZZZZZZ-ZZZZ_ZZZZ";
+    const T2: &str = "ZZZZZZZZZZZZZZZZ-ZZZZ_ZZZZ-ZZZZZZ";
 
     #[test]
     fn bare_and_named_tokens_and_comments() {
@@ -233,17 +246,75 @@ mod tests {
         ));
     }
 
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    fn private_file(dir: &Path, text: &[u8]) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("tokens");
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path
+    }
+
     #[test]
     fn the_file_is_read_with_a_size_limit() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tokens");
-        std::fs::write(&path, format!("{T1}\n")).unwrap();
-        assert_eq!(TokenSet::load(&path).unwrap().verify(T1), Some("operator"));
-        std::fs::write(&path, vec![b'#'; TOKENS_FILE_MAX as usize + 1]).unwrap();
+        let path = private_file(dir.path(), format!("{T1}\n").as_bytes());
+        assert_eq!(
+            TokenSet::load(&path, &[me()]).unwrap().verify(T1),
+            Some("operator")
+        );
+        let path = private_file(dir.path(), &vec![b'#'; TOKENS_FILE_MAX as usize + 1]);
         assert!(matches!(
-            TokenSet::load(&path).unwrap_err(),
+            TokenSet::load(&path, &[me()]).unwrap_err(),
             TokenFileError::TooLarge { .. }
         ));
+    }
+
+    #[test]
+    fn a_tokens_file_open_to_group_or_others_or_owned_by_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = private_file(dir.path(), format!("{T1}\n").as_bytes());
+        for mode in [0o640, 0o604, 0o644, 0o620, 0o602] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = TokenSet::load(&path, &[me()]).unwrap_err();
+            assert!(
+                matches!(err, TokenFileError::Exposed { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(
+                err.to_string().contains("0600"),
+                "one sentence saying what to do: {err}"
+            );
+        }
+        for mode in [0o600, 0o400] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            assert!(TokenSet::load(&path, &[me()]).is_ok(), "{mode:o}");
+        }
+        // The file is ours, but the gateway runs as someone else.
+        let err = TokenSet::load(&path, &[me().wrapping_add(1)]).unwrap_err();
+        assert!(
+            matches!(err, TokenFileError::ForeignOwner { owner, .. } if owner == me()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tokens_shorter_than_32_characters_are_refused() {
+        // 31 hex characters are 124 bits: refused; 32 are 128: accepted.
+        let short = &T1[..31];
+        assert!(matches!(
+            TokenSet::parse(short).unwrap_err(),
+            TokenFileError::BadToken { line: 1 }
+        ));
+        assert!(matches!(
+            TokenSet::parse(&format!("alice:{short}")).unwrap_err(),
+            TokenFileError::BadToken { line: 1 }
+        ));
+        assert!(TokenSet::parse(T1).is_ok());
     }
 
     #[test]

@@ -19,7 +19,7 @@ use nix::unistd::User;
 use common::dev::free_port;
 use common::http::Http;
 
-const TOKEN: &str = "privilege-test-token-0123456789";
+const TOKEN: &str = "privilege-test-token-0123456789abcdef";
 
 /// A tokens file in a fresh directory, readable by `owner` (or root).
 fn tokens_file(owner: Option<&User>) -> (tempfile::TempDir, PathBuf) {
@@ -193,6 +193,56 @@ async fn started_as_root_without_user_it_exits_nonzero_with_one_sentence() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("is root; hive-web must run as an unprivileged user"));
+}
+
+/// Runs `cmd` to its exit; one that is still running after 30 s (it
+/// started serving instead of refusing) is killed and fails the test.
+fn exit_of(mut cmd: Command) -> std::process::Output {
+    let mut child = cmd.spawn().unwrap();
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "hive-web did not refuse to start:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_tokens_file_open_to_others_or_owned_by_another_user_is_refused_at_start_with_one_sentence() {
+    let (_dir, tokens) = tokens_file(None);
+    let port = free_port();
+    fs::set_permissions(&tokens, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = exit_of(web_command(&[], &tokens, port, &["--user", "nobody"]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("hive-web:")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0]
+            .contains("readable or writable by group or others (mode 644); make it 0600 or 0400"),
+        "{err}"
+    );
+    assert!(!err.contains(TOKEN), "the token never reaches a log");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    // Private, but someone else's (as root: a file a third user owns).
+    if common::is_root() {
+        fs::set_permissions(&tokens, fs::Permissions::from_mode(0o600)).unwrap();
+        nix::unistd::chown(&tokens, Some(nix::unistd::Uid::from_raw(12345)), None).unwrap();
+        let out = exit_of(web_command(&[], &tokens, port, &["--user", "nobody"]));
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("is owned by uid 12345, not by the gateway's own user"),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -11,10 +11,11 @@ use hive_proto::event::{Event, EventRecord};
 use hive_proto::operator::{LifecycleAction, OperatorRequest as Req};
 use hive_proto::view::QuestionState;
 use hive_web::app::{CSP, MAX_BODY_BYTES};
+use hive_web::session::{MAX_STREAMS_PER_SESSION, SESSION_IDLE_TIMEOUT};
 use http_body_util::BodyExt;
 
 use common::fake::name;
-use common::oneshot::{req, TestApp, ORIGIN, TOKEN};
+use common::oneshot::{req, TestApp, LOOPBACK, ORIGIN, TOKEN};
 
 #[tokio::test]
 async fn healthz_answers_without_login() {
@@ -116,6 +117,82 @@ async fn behind_tls_on_loopback_the_cookie_is_secure_and_elsewhere_the_header_is
         )
         .await;
     assert!(!remote.header("set-cookie").unwrap().contains("Secure"));
+}
+
+#[tokio::test]
+async fn behind_tls_the_cookie_carries_the_host_prefix_and_only_it_counts() {
+    let app = TestApp::new();
+    let tls = |r: common::oneshot::ReqBuilder| r.header("x-forwarded-proto", "https");
+    let r = app
+        .send(
+            tls(req(Method::POST, "/login"))
+                .same_origin()
+                .form(&[("token", TOKEN)])
+                .build(),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    let set = r.header("set-cookie").unwrap().to_owned();
+    // What the __Host- prefix demands: Secure, Path=/, no Domain.
+    assert!(set.starts_with("__Host-hive_session="), "{set}");
+    assert!(
+        set.contains("; Secure") && set.contains("; Path=/"),
+        "{set}"
+    );
+    assert!(!set.to_ascii_lowercase().contains("domain="), "{set}");
+    let cookie = set.split(';').next().unwrap().to_owned();
+    let page = app
+        .send(tls(req(Method::GET, "/")).cookie(&cookie).build())
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    // The same id under the plain name (as a plain-HTTP page or a sibling
+    // subdomain could plant it) is not a session behind TLS.
+    let planted = cookie.replace("__Host-hive_session=", "hive_session=");
+    let page = app
+        .send(tls(req(Method::GET, "/")).cookie(&planted).build())
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), Some("/login"));
+}
+
+#[tokio::test]
+async fn login_backoff_refuses_the_next_attempt_from_that_address_even_with_the_right_token() {
+    let app = TestApp::new();
+    let attempt = |peer: &str, token: &str| {
+        req(Method::POST, "/login")
+            .peer(peer)
+            .same_origin()
+            .form(&[("token", token)])
+            .build()
+    };
+    let wrong = "not-the-token-at-all-0123456789abcdef";
+    let r = app.send(attempt(LOOPBACK, wrong)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Inside the window, even the right token is refused without being
+    // looked at, and the answer says when to come back.
+    for _ in 0..20 {
+        let r = app.send(attempt(LOOPBACK, TOKEN)).await;
+        assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS, "{}", r.body);
+        assert!(r.header("set-cookie").is_none());
+        let secs: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert_eq!(secs, 1, "the first window is one second");
+    }
+    assert_eq!(app.state.sessions.len(), 0);
+    // Another address is not held back.
+    let r = app.send(attempt("127.0.0.2:40001", TOKEN)).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    // Once the window has passed the right token works, and clears the count.
+    let ok = common::poll(
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async {
+            let r = app.send(attempt(LOOPBACK, TOKEN)).await;
+            (r.status == StatusCode::SEE_OTHER).then_some(())
+        },
+    )
+    .await;
+    assert!(ok.is_some(), "the window never passed");
+    assert!(app.state.login_limiter.is_empty());
 }
 
 #[tokio::test]
@@ -415,10 +492,11 @@ async fn the_json_api_takes_a_bearer_token() {
 #[tokio::test]
 async fn when_the_core_is_down_pages_say_so_and_actions_and_readiness_are_503() {
     let app = TestApp::new();
+    app.set_core_down(false);
     let b = app.login().await;
     let ready = app.send(req(Method::GET, "/readyz").build()).await;
     assert_eq!(ready.status, StatusCode::OK);
-    app.core.set_down(true);
+    app.set_core_down(true);
     for path in ["/", "/agent/alice/"] {
         let r = app.get(&b, path).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
@@ -445,9 +523,37 @@ async fn when_the_core_is_down_pages_say_so_and_actions_and_readiness_are_503() 
         )
         .await;
     assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
-    app.core.set_down(false);
+    app.set_core_down(false);
     let ready = app.send(req(Method::GET, "/readyz").build()).await;
     assert_eq!(ready.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn readyz_under_a_flood_asks_the_core_at_most_once_a_second() {
+    let app = TestApp::new();
+    app.set_core_down(false);
+    let health_calls = || {
+        app.core
+            .calls()
+            .iter()
+            .filter(|c| matches!(c.req, Req::Health))
+            .count()
+    };
+    let started = tokio::time::Instant::now();
+    let flood = (0..500).map(|_| app.send(req(Method::GET, "/readyz").build()));
+    let answers = futures::future::join_all(flood).await;
+    assert!(answers.iter().all(|r| r.status == StatusCode::OK));
+    // One probe per started second of the flood (it takes well under one
+    // on any machine; the bound holds however long it took).
+    let seconds = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        health_calls() <= seconds,
+        "{} Health calls for 500 probes in {seconds} s",
+        health_calls()
+    );
+    // Meanwhile the operator's own calls go through as usual.
+    let b = app.login().await;
+    assert_eq!(app.get(&b, "/").await.status, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -620,6 +726,117 @@ async fn the_event_stream_resumes_from_last_event_id_and_tells_stale_pages_to_re
     // Without a session or token: 401.
     let r = app.send(req(Method::GET, "/api/events").build()).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+/// Reads `body` until it ends, skipping keep-alive comments; false if it
+/// was still open after `frames` frames or `within` (tokio time) of silence.
+async fn ends(body: &mut axum::body::Body, frames: usize, within: Duration) -> bool {
+    for _ in 0..frames {
+        match tokio::time::timeout(within, body.frame()).await {
+            Err(_) => return false,
+            Ok(None) => return true,
+            Ok(Some(_)) => {}
+        }
+    }
+    false
+}
+
+async fn open_events(app: &TestApp, cookie: &str) -> axum::response::Response {
+    app.send_raw(req(Method::GET, "/api/events").cookie(cookie).build())
+        .await
+}
+
+#[tokio::test]
+async fn logging_out_ends_that_sessions_event_streams_and_no_other() {
+    let app = TestApp::new();
+    let (b1, b2) = (app.login().await, app.login().await);
+    let mut mine = Vec::new();
+    for _ in 0..2 {
+        let r = open_events(&app, &b1.cookie).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let mut body = r.into_body();
+        assert!(body.frame().await.is_some(), "the first (core) event");
+        mine.push(body);
+    }
+    let other = open_events(&app, &b2.cookie).await;
+    let mut other = other.into_body();
+    assert!(other.frame().await.is_some());
+
+    let r = app.post(&b1, "/logout", &[]).await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    for body in &mut mine {
+        assert!(
+            ends(body, 10, Duration::from_secs(10)).await,
+            "the logged-out session's stream is still open"
+        );
+    }
+    // The other session's stream still carries events.
+    app.hub.reset(1);
+    app.hub.publish(EventRecord {
+        seq: 2,
+        at: 0,
+        event: Event::AgentStatus {
+            agent: name("alice"),
+            text: "still here".into(),
+        },
+    });
+    let frames = read_frames(other, 2).await;
+    assert!(
+        frames.iter().any(|f| f.contains("still here")),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expiring_session_ends_its_event_streams() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let started = tokio::time::Instant::now();
+    let mut body = open_events(&app, &b.cookie).await.into_body();
+    // Paused time: the runtime jumps from timer to timer (keep-alives every
+    // 15 s) while nothing else happens, so twelve idle hours pass at once.
+    assert!(
+        ends(&mut body, 10_000, SESSION_IDLE_TIMEOUT * 2).await,
+        "the stream outlived its session"
+    );
+    assert!(
+        started.elapsed() >= SESSION_IDLE_TIMEOUT,
+        "it ended after {:?}, before the session expired",
+        started.elapsed()
+    );
+    let r = app.get(&b, "/").await;
+    assert_eq!(r.location(), Some("/login"), "the session is gone");
+}
+
+#[tokio::test]
+async fn a_session_may_hold_at_most_a_few_event_streams() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let mut open = Vec::new();
+    for _ in 0..MAX_STREAMS_PER_SESSION {
+        let r = open_events(&app, &b.cookie).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        open.push(r);
+    }
+    let r = open_events(&app, &b.cookie).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Another session, and a bearer caller, are not counted against it.
+    let other = app.login().await;
+    assert_eq!(
+        open_events(&app, &other.cookie).await.status(),
+        StatusCode::OK
+    );
+    let bearer = app
+        .send_raw(
+            req(Method::GET, "/api/events")
+                .header("authorization", &format!("Bearer {TOKEN}"))
+                .build(),
+        )
+        .await;
+    assert_eq!(bearer.status(), StatusCode::OK);
+    // A closed stream frees its slot.
+    open.pop();
+    assert_eq!(open_events(&app, &b.cookie).await.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -6,7 +6,9 @@
 //! what it missed, or sends `reload` when it cannot. Three event types:
 //! `hive` (data: the `EventRecord` as JSON, `id:` its sequence number),
 //! `core` (`{"up": bool}`) and `reload`. At most `MAX_SSE_CLIENTS` follow at
-//! once; each holds a permit for as long as its stream lives.
+//! once; each holds a permit for as long as its stream lives. A browser's
+//! stream belongs to its session: at most `MAX_STREAMS_PER_SESSION` each,
+//! and logging out or the session expiring ends them.
 //!
 //! This module must never send anything but these three shapes, and never
 //! let a slow browser hold back the others (it is told to reload instead).
@@ -28,6 +30,7 @@ use crate::app::AppState;
 use crate::auth::ApiAuth;
 use crate::error::{ApiError, AppError};
 use crate::hub::HubMsg;
+use crate::session::{SessionStream, StreamRefusal};
 
 /// How often an idle stream sends a comment, so proxies keep it open and a
 /// dead browser is noticed.
@@ -41,7 +44,7 @@ pub struct SinceQuery {
 /// `GET /api/events`.
 pub async fn events(
     State(state): State<AppState>,
-    ApiAuth(_id): ApiAuth,
+    ApiAuth(id): ApiAuth,
     headers: HeaderMap,
     Query(q): Query<SinceQuery>,
 ) -> Result<Response, ApiError> {
@@ -51,6 +54,21 @@ pub async fn events(
         .and_then(|v| v.trim().parse::<u64>().ok())
         .or(q.since)
         .unwrap_or_else(|| state.hub.last_seq());
+    // A browser's stream belongs to its session: a few per session, and
+    // they end with it. A bearer caller's stream has no session.
+    let session = match &id.session {
+        Some(s) => Some(SessionTie {
+            stream: state.sessions.open_stream(&s.key).map_err(|r| match r {
+                StreamRefusal::Gone => AppError::Unauthorized,
+                StreamRefusal::TooMany => {
+                    AppError::Busy("this session already has its most event streams open")
+                }
+            })?,
+            key: s.key,
+            state: state.clone(),
+        }),
+        None => None,
+    };
     let permit = state
         .sse_slots
         .clone()
@@ -67,6 +85,7 @@ pub async fn events(
         Follower {
             first,
             rx: follow.rx,
+            session,
             _permit: permit,
         },
         next_event,
@@ -80,18 +99,40 @@ pub async fn events(
     Ok(resp)
 }
 
-/// One browser's stream state; dropping it returns the permit.
+/// One browser's stream state; dropping it returns the permits.
 struct Follower {
     first: VecDeque<SseEvent>,
     rx: broadcast::Receiver<HubMsg>,
+    session: Option<SessionTie>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The session a stream belongs to: the stream ends when it does.
+struct SessionTie {
+    key: [u8; 32],
+    stream: SessionStream,
+    state: AppState,
 }
 
 async fn next_event(mut f: Follower) -> Option<(Result<SseEvent, Infallible>, Follower)> {
     if let Some(e) = f.first.pop_front() {
         return Some((Ok(e), f));
     }
-    let e = match f.rx.recv().await {
+    let msg = loop {
+        let Follower { rx, session, .. } = &mut f;
+        let Some(tie) = session else {
+            break rx.recv().await;
+        };
+        // Logout or eviction closes `ended`; expiry is noticed at the
+        // session's deadline (which moves while the session is used).
+        let deadline = tie.state.sessions.expires_at(&tie.key)?;
+        tokio::select! {
+            m = rx.recv() => break m,
+            _ = tie.stream.ended.changed() => return None,
+            _ = tokio::time::sleep_until(deadline + Duration::from_millis(1)) => continue,
+        }
+    };
+    let e = match msg {
         Ok(HubMsg::Event(r)) => record_event(&r),
         Ok(HubMsg::Reload) | Err(RecvError::Lagged(_)) => reload_event(),
         Ok(HubMsg::Core { up }) => core_event(up),

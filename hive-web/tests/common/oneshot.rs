@@ -20,9 +20,9 @@ use tower::ServiceExt;
 use super::fake::FakeCore;
 
 /// The operator token the test app accepts (bare line: login `operator`).
-pub const TOKEN: &str = "test-token-0123456789abcdef";
+pub const TOKEN: &str = "test-token-0123456789abcdef0123456789";
 /// A second token, naming the operator `ops2`.
-pub const TOKEN2: &str = "other-token-0123456789abcdef";
+pub const TOKEN2: &str = "other-token-0123456789abcdef0123456789";
 pub const HOST: &str = "127.0.0.1:8080";
 pub const ORIGIN: &str = "http://127.0.0.1:8080";
 pub const LOOPBACK: &str = "127.0.0.1:40000";
@@ -82,6 +82,13 @@ impl TestApp {
             state,
             router,
         }
+    }
+
+    /// Takes the core away (or brings it back) as the real link would see
+    /// it: calls fail, and the link reports the core down to the hub.
+    pub fn set_core_down(&self, down: bool) {
+        self.core.set_down(down);
+        self.hub.set_core_up(!down);
     }
 
     /// Sends one request and reads the whole response.
