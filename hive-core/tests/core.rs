@@ -15,6 +15,7 @@
 //!   while others flow; what is stored for an agent is capped.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 //! - `mcp`: `hive-agent mcp` driven by the official MCP Python SDK.
+//! - `harness`: `hive-agent run`, the turn loop, with shell scripts as CMD.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -31,6 +32,8 @@ mod clis;
 mod dev;
 #[path = "core/durability.rs"]
 mod durability;
+#[path = "core/harness.rs"]
+mod harness;
 #[path = "core/mcp.rs"]
 mod mcp;
 #[path = "core/operator.rs"]

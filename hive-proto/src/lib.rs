@@ -22,7 +22,7 @@ pub mod operator;
 pub mod time;
 pub mod view;
 
-pub use name::{AgentName, NameError, Recipient, RelPath};
+pub use name::{AgentName, NameError, Recipient, RelPath, SecretKey};
 pub use view::Principal;
 
 /// The version both ends of the operator RPC announce in their first frame.

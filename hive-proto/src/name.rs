@@ -41,6 +41,74 @@ pub enum NameError {
     DotDot,
     #[error("path may not contain NUL")]
     Nul,
+    #[error(
+        "secret name must be 1 to {SECRET_KEY_MAX} characters of A-Z, a-z, 0-9, '_', '-', '.', \
+         not starting with '.' or '-'"
+    )]
+    BadSecretKey,
+}
+
+/// Longest secret name.
+pub const SECRET_KEY_MAX: usize = 64;
+
+/// The name of an agent's secret (`anthropic`, `GITHUB_TOKEN`): 1 to
+/// [`SECRET_KEY_MAX`] characters of `A-Za-z0-9_.-`, not starting with `.`
+/// or `-`. It is a file name under the secrets store and under
+/// `/run/secrets` in the container, which is why nothing else is allowed
+/// (no `/`, no `.` or `..`).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SecretKey(String);
+
+impl SecretKey {
+    /// Checks `s` and returns it as a secret name, or says why it is not one.
+    pub fn new(s: &str) -> Result<Self, NameError> {
+        let ok = !s.is_empty()
+            && s.len() <= SECRET_KEY_MAX
+            && !s.starts_with(['.', '-'])
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::BadSecretKey)
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+impl FromStr for SecretKey {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl Serialize for SecretKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SecretKey::new(&s).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An agent's name: `[a-z][a-z0-9-]{0,30}`, and not one of [`RESERVED_NAMES`].
@@ -223,6 +291,31 @@ impl<'de> Deserialize<'de> for RelPath {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn secret_keys_are_plain_file_names() {
+        for good in ["anthropic", "GITHUB_TOKEN", "a.b-c_1", "9"] {
+            assert!(SecretKey::new(good).is_ok(), "{good}");
+        }
+        let long = "k".repeat(SECRET_KEY_MAX + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".env",
+            "-x",
+            "a/b",
+            "a b",
+            "a\0",
+            "é",
+            long.as_str(),
+        ] {
+            assert_eq!(SecretKey::new(bad), Err(NameError::BadSecretKey), "{bad:?}");
+        }
+        let k: SecretKey = serde_json::from_str("\"key\"").unwrap();
+        assert_eq!(k.as_str(), "key");
+        assert!(serde_json::from_str::<SecretKey>("\"../x\"").is_err());
+    }
 
     #[test]
     fn agent_names() {

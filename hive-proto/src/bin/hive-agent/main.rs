@@ -10,7 +10,9 @@
 //! (repeats after a reconnect are dropped by id, never by content), and
 //! `--ack` acknowledges only what was printed.
 
+mod conn;
 mod mcp;
+mod turn;
 
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;
@@ -30,6 +32,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 /// Where the core bind-mounts the agent's socket inside its container.
 const DEFAULT_SOCKET: &str = "/run/hive/agent.sock";
+
+/// Where the core mounts an agent's secrets inside its container.
+const DEFAULT_SECRETS_DIR: &str = "/run/secrets";
 
 /// First wait before reconnecting; doubled after each failure.
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -114,6 +119,26 @@ enum Cmd {
     Demo,
     /// Serve this agent's verbs as MCP tools on stdin/stdout (for an LLM CLI).
     Mcp,
+    /// The turn loop: run CMD for each batch of inbox items, reply with its
+    /// stdout, acknowledge the batch once it exits 0.
+    Run {
+        /// Kill a turn (and retry it later) after this many seconds awake.
+        #[arg(long, default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        max_turn_seconds: u64,
+        /// What SIGTERM does to a running turn.
+        #[arg(long, value_enum, default_value_t = turn::OnSigterm::Finish)]
+        on_sigterm: turn::OnSigterm,
+        /// Export the secret KEY (from /run/secrets/KEY) to CMD as ENV;
+        /// repeat for several.
+        #[arg(long = "secret-env", value_name = "ENV=KEY")]
+        secret_env: Vec<turn::SecretEnv>,
+        /// Where the secrets are mounted.
+        #[arg(long, env = "HIVE_SECRETS_DIR", default_value = DEFAULT_SECRETS_DIR)]
+        secrets_dir: PathBuf,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -139,6 +164,22 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Demo => return demo(&socket).await,
         Cmd::Mcp => return mcp::serve(socket).await,
+        Cmd::Run {
+            max_turn_seconds,
+            on_sigterm,
+            secret_env,
+            secrets_dir,
+            command,
+        } => {
+            let opts = turn::RunOptions {
+                command,
+                max_turn: Duration::from_secs(max_turn_seconds),
+                on_sigterm,
+                secret_env,
+                secrets_dir,
+            };
+            return turn::run(socket, opts).await;
+        }
         Cmd::Recv {
             follow: true,
             wait_ms,
@@ -181,7 +222,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Status { text } => done(client.status(text).await?),
         Cmd::Remind { seconds, body } => print(&client.remind(RemindAt::In(seconds), body).await?),
         Cmd::LooseEnds => print(&client.loose_ends().await?),
-        Cmd::Demo | Cmd::Mcp => unreachable!("handled above"),
+        Cmd::Demo | Cmd::Mcp | Cmd::Run { .. } => unreachable!("handled above"),
     }
 }
 
@@ -332,6 +373,11 @@ struct SeenIds {
 }
 
 impl SeenIds {
+    /// Whether `id` was recorded (and not yet forgotten).
+    fn contains(&self, id: u64) -> bool {
+        self.set.contains(&id)
+    }
+
     /// Records `id`; false if it was already there (a repeat).
     fn insert(&mut self, id: u64) -> bool {
         if !self.set.insert(id) {

@@ -2,8 +2,8 @@
 //! LLM agent (Claude Code, any MCP client) the agent protocol's verbs as
 //! tools, built on the official Rust SDK (`rmcp`).
 //!
-//! One connection to `agent.sock`, kept by a background task that
-//! reconnects with backoff whenever the core goes away. Every pushed inbox
+//! One connection to `agent.sock`, kept by [`crate::conn::Connection`],
+//! which reconnects with backoff whenever the core goes away. Every pushed inbox
 //! item is remembered until it is acknowledged (so `recv` can return it) and
 //! announced to the client once, as an MCP `notifications/message` whose
 //! `data` is `{"event": "message", "message": {...}}`. After a reconnect the
@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use hive_proto::agent::{CancelKind, Push, MAX_RECV, MAX_WAIT_MS};
+use hive_proto::agent::{CancelKind, MAX_RECV, MAX_WAIT_MS};
 use hive_proto::client::agent::{AgentClient, AskOptions, RemindAt};
 use hive_proto::client::ClientError;
 use hive_proto::codec::DecodeError;
@@ -47,9 +47,10 @@ use rmcp::{
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-use crate::{one_line, Backoff, SeenIds};
+use crate::conn::{Connection, Delivery, DELIVERY_QUEUE};
+use crate::SeenIds;
 
 /// How long a tool call made while the core is away waits for the
 /// background task to reconnect before it fails with a clear message.
@@ -65,118 +66,64 @@ pub async fn serve(socket: PathBuf) -> Result<()> {
     let link = Arc::new(Link::new(socket));
     let tools = HiveTools::new(Arc::clone(&link));
     let running = tools.serve(rmcp::transport::stdio()).await?;
-    let keeper = tokio::spawn(keep_connected(Arc::clone(&link), running.peer().clone()));
+    let (tx, rx) = mpsc::channel(DELIVERY_QUEUE);
+    let keeper = {
+        let link = Arc::clone(&link);
+        tokio::spawn(async move { link.conn.keep(tx).await })
+    };
+    let inbox = tokio::spawn(follow_inbox(Arc::clone(&link), running.peer().clone(), rx));
     let _ = running.waiting().await;
     keeper.abort();
+    inbox.abort();
     Ok(())
 }
 
-/// The one connection to the core, and the inbox items it delivered that
-/// are not acknowledged yet.
+/// The connection to the core, and the inbox items it delivered that are
+/// not acknowledged yet.
 struct Link {
-    socket: PathBuf,
-    state: Mutex<LinkState>,
-    /// Bumped whenever the connection or the inbox changes, to wake calls
-    /// waiting for either.
+    conn: Connection,
+    /// Unacknowledged items delivered on the current connection, by id.
+    inbox: Mutex<BTreeMap<u64, Message>>,
+    /// Bumped whenever the inbox changes, to wake a waiting `recv`.
     changed: watch::Sender<u64>,
-    /// Tells the background task to retry now rather than after its backoff.
-    retry_now: Notify,
     /// The least level of announcement the client asked for
     /// (`logging/setLevel`); announcements are `notice`.
     min_level: Mutex<LoggingLevel>,
 }
 
-#[derive(Default)]
-struct LinkState {
-    client: Option<AgentClient>,
-    /// Why the last connection attempt or connection failed.
-    last_error: Option<String>,
-    /// Unacknowledged items delivered on the current connection, by id.
-    inbox: BTreeMap<u64, Message>,
-}
-
 impl Link {
     fn new(socket: PathBuf) -> Self {
         Self {
-            socket,
-            state: Mutex::default(),
+            conn: Connection::new(socket, "hive-agent mcp"),
+            inbox: Mutex::default(),
             changed: watch::Sender::new(0),
-            retry_now: Notify::new(),
             min_level: Mutex::new(LoggingLevel::Debug),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn inbox(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Message>> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn bump(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn connected(&self, client: AgentClient, first: Vec<Message>) {
-        let mut s = self.lock();
-        s.client = Some(client);
-        s.last_error = None;
-        s.inbox = first.into_iter().map(|m| (m.id, m)).collect();
-        drop(s);
-        self.bump();
-    }
-
-    fn arrived(&self, m: Message) {
-        self.lock().inbox.insert(m.id, m);
-        self.bump();
-    }
-
-    /// The connection is gone: what it delivered comes again on the next.
-    fn lost(&self, why: &str) {
-        let mut s = self.lock();
-        s.client = None;
-        s.last_error = Some(why.to_owned());
-        s.inbox.clear();
-        drop(s);
-        self.bump();
-    }
-
-    fn current(&self) -> Option<AgentClient> {
-        let s = self.lock();
-        s.client.clone().filter(|c| !c.is_closed())
-    }
-
     /// The live connection, waiting up to [`CONNECT_WAIT`] for one.
     async fn client(&self) -> Result<AgentClient, ToolError> {
-        let mut changed = self.changed.subscribe();
-        if let Some(c) = self.current() {
+        if let Some(c) = self.conn.wait_client(Some(CONNECT_WAIT)).await {
             return Ok(c);
         }
-        self.retry_now.notify_one();
-        let waited = tokio::time::timeout(CONNECT_WAIT, async {
-            loop {
-                if let Some(c) = self.current() {
-                    return c;
-                }
-                if changed.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        })
-        .await;
-        waited.map_err(|_| {
-            let why = self.lock().last_error.clone().unwrap_or_default();
-            ToolError::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "the hive core is not reachable on {} ({}); it may be restarting: \
-                     try again in a few seconds",
-                    self.socket.display(),
-                    if why.is_empty() {
-                        "not connected yet"
-                    } else {
-                        &why
-                    },
-                ),
-            )
-        })
+        let why = self.conn.last_error();
+        Err(ToolError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the hive core is not reachable on {} ({}); it may be restarting: \
+                 try again in a few seconds",
+                self.conn.socket().display(),
+                why.as_deref().unwrap_or("not connected yet"),
+            ),
+        ))
     }
 
     /// Up to `max` unacknowledged items, oldest first, waiting up to
@@ -184,24 +131,25 @@ impl Link {
     async fn recv(&self, wait: Duration, max: usize) -> Result<Vec<Message>, ToolError> {
         self.client().await?;
         let mut changed = self.changed.subscribe();
-        let take = |s: &LinkState| s.inbox.values().take(max).cloned().collect::<Vec<_>>();
-        let now = take(&self.lock());
+        let take =
+            |inbox: &BTreeMap<u64, Message>| inbox.values().take(max).cloned().collect::<Vec<_>>();
+        let now = take(&self.inbox());
         if !now.is_empty() || wait.is_zero() {
             return Ok(now);
         }
         let _ = tokio::time::timeout(wait, async {
             while changed.changed().await.is_ok() {
-                if !self.lock().inbox.is_empty() {
+                if !self.inbox().is_empty() {
                     return;
                 }
             }
         })
         .await;
-        Ok(take(&self.lock()))
+        Ok(take(&self.inbox()))
     }
 
     fn acked(&self, id: u64) {
-        self.lock().inbox.remove(&id);
+        self.inbox().remove(&id);
     }
 
     fn wants(&self, level: LoggingLevel) -> bool {
@@ -223,62 +171,38 @@ fn level_rank(l: LoggingLevel) -> u8 {
     }
 }
 
-/// Keeps one connection to the core, reconnecting with backoff, and
-/// announces each inbox item once.
-async fn keep_connected(link: Arc<Link>, peer: Peer<RoleServer>) {
-    let mut backoff = Backoff::default();
+/// Keeps the inbox in step with what the core delivers, and announces each
+/// item once (a redelivery after a reconnect is readable again, not
+/// announced again).
+async fn follow_inbox(link: Arc<Link>, peer: Peer<RoleServer>, mut rx: mpsc::Receiver<Delivery>) {
     let mut announced = SeenIds::default();
-    let mut said: Option<String> = None;
-    loop {
-        let why = match session(&link, &peer, &mut backoff, &mut announced).await {
-            Ok(()) => {
-                said = None;
-                ClientError::Disconnected.to_string()
+    while let Some(d) = rx.recv().await {
+        let fresh: Vec<Message> = match d {
+            Delivery::Connected(first) => {
+                let fresh = first
+                    .iter()
+                    .filter(|m| announced.insert(m.id))
+                    .cloned()
+                    .collect();
+                *link.inbox() = first.into_iter().map(|m| (m.id, m)).collect();
+                fresh
             }
-            Err(e) => e.to_string(),
+            Delivery::Pushed(m) => {
+                let fresh = announced.insert(m.id).then(|| m.clone());
+                link.inbox().insert(m.id, m);
+                fresh.into_iter().collect()
+            }
+            // What it delivered comes again on the next connection.
+            Delivery::Lost => {
+                link.inbox().clear();
+                Vec::new()
+            }
         };
-        // Once per outage, not once per attempt.
-        if said.as_deref() != Some(why.as_str()) {
-            eprintln!("hive-agent mcp: {}; reconnecting", one_line(&why));
-            said = Some(why.clone());
-        }
-        link.lost(&why);
-        tokio::select! {
-            () = tokio::time::sleep(backoff.next_delay()) => {}
-            () = link.retry_now.notified() => {}
+        link.bump();
+        for m in fresh {
+            announce(&link, &peer, &m).await;
         }
     }
-}
-
-async fn session(
-    link: &Link,
-    peer: &Peer<RoleServer>,
-    backoff: &mut Backoff,
-    announced: &mut SeenIds,
-) -> Result<(), ClientError> {
-    let client = AgentClient::connect(&link.socket).await?;
-    let mut pushes = crate::take_pushes(&client)?;
-    let first = client.recv(0, MAX_RECV).await?;
-    backoff.reset();
-    let fresh: Vec<Message> = first
-        .messages
-        .iter()
-        .filter(|m| announced.insert(m.id))
-        .cloned()
-        .collect();
-    link.connected(client, first.messages);
-    eprintln!("hive-agent mcp: connected to {}", link.socket.display());
-    for m in fresh {
-        announce(link, peer, &m).await;
-    }
-    while let Some(Push::Message { message }) = pushes.next_push().await {
-        let fresh = announced.insert(message.id);
-        link.arrived(message.clone());
-        if fresh {
-            announce(link, peer, &message).await;
-        }
-    }
-    Ok(())
 }
 
 /// Tells the client an inbox item arrived. A client that is gone or takes
@@ -538,8 +462,11 @@ impl HiveTools {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let client = self.link.client().await?;
-        match tokio::time::timeout(CALL_TIMEOUT + extra, f(client)).await {
-            Ok(r) => r.map_err(ToolError::from_client),
+        match tokio::time::timeout(CALL_TIMEOUT + extra, f(client.clone())).await {
+            Ok(r) => r.map_err(|e| {
+                self.link.conn.forget(&client);
+                ToolError::from_client(e)
+            }),
             Err(_) => Err(ToolError::new(
                 ErrorCode::Unavailable,
                 format!(
