@@ -117,7 +117,9 @@ impl Daemon {
         sockets.extend(agents.iter().map(|s| s.path.clone()));
         agent_socket::serve_all(agents, &hive, &shutdown, &tracker);
 
+        // The runtime dir is root's alone: it is its own staging dir.
         let web = unix_socket::bind(
+            &config.runtime_dir,
             &config.web_socket(),
             OPERATOR_SOCKET_MODE,
             web_user.as_ref().map(|u| u.gid),
@@ -127,6 +129,7 @@ impl Daemon {
         operator_socket::serve(web_ep, web, &hive, &shutdown, &tracker);
 
         let admin = unix_socket::bind(
+            &config.runtime_dir,
             &config.admin_socket(),
             OPERATOR_SOCKET_MODE,
             admin_group.as_ref().map(|(_, gid)| *gid),

@@ -11,6 +11,8 @@
 //!   operator identity in the audit log, event streams that resume.
 //! - `audit`: `audit verify` detects a row changed behind the daemon's back.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
+//! - `paths`: what an agent plants at its socket path is refused for it
+//!   alone.
 //! - `quota`: an agent flooding `send`/`status` is refused or coalesced
 //!   while others flow; what is stored for an agent is capped.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
@@ -38,5 +40,7 @@ mod harness;
 mod mcp;
 #[path = "core/operator.rs"]
 mod operator;
+#[path = "core/paths.rs"]
+mod paths;
 #[path = "core/quota.rs"]
 mod quota;

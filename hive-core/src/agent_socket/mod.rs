@@ -71,23 +71,40 @@ pub struct BoundAgentSocket {
     max_connections: usize,
 }
 
-/// Creates `<runtime_dir>/agents/` and one directory and socket per
-/// configured agent. The runtime dir itself must already exist.
+/// `<runtime_dir>/agents/.staging/`: where agent sockets are bound before
+/// they are renamed into their agent's directory. Root only, inside the
+/// root-only `agents/`, and not an agent name (those never start with `.`).
+pub const STAGING_DIR: &str = ".staging";
+
+/// Creates `<runtime_dir>/agents/` (and its staging directory) and one
+/// directory and socket per configured agent. The runtime dir itself must
+/// already exist. An agent whose directory or socket path holds something
+/// that is not ours (a planted link, a FIFO, a file) is refused alone, with
+/// an error in the log naming it; the others are bound and start.
 pub fn bind_all(config: &Config) -> Result<Vec<BoundAgentSocket>, SocketSetupError> {
     let agents_dir = config.runtime_dir.join("agents");
     unix_socket::ensure_dir(&agents_dir, AGENTS_DIR_MODE, None)?;
+    let staging = agents_dir.join(STAGING_DIR);
+    unix_socket::ensure_dir(&staging, AGENTS_DIR_MODE, None)?;
     let mut out = Vec::with_capacity(config.agents.len());
     for (agent, policy) in &config.agents {
-        let dir = config.agent_socket_dir(agent);
-        unix_socket::ensure_dir(&dir, AGENT_DIR_MODE, None)?;
         let path = config.agent_socket(agent);
-        let listener = unix_socket::bind(&path, AGENT_SOCKET_MODE, None)?;
-        out.push(BoundAgentSocket {
-            agent: agent.clone(),
-            path,
-            listener,
-            max_connections: policy.max_connections as usize,
-        });
+        let bound = unix_socket::ensure_dir(&config.agent_socket_dir(agent), AGENT_DIR_MODE, None)
+            .and_then(|()| unix_socket::bind(&staging, &path, AGENT_SOCKET_MODE, None));
+        match bound {
+            Ok(listener) => out.push(BoundAgentSocket {
+                agent: agent.clone(),
+                path,
+                listener,
+                max_connections: policy.max_connections as usize,
+            }),
+            Err(e) => tracing::error!(
+                agent = %agent,
+                error = %e,
+                "this agent's socket was not set up (the others start); \
+                 remove what is in the way and restart the core"
+            ),
+        }
     }
     Ok(out)
 }

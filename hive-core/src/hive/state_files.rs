@@ -3,11 +3,16 @@
 //! kernel with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)` below a
 //! directory fd opened with `O_NOFOLLOW`: a link that points outside, an
 //! absolute link, or a `..` that climbs out fails with `EXDEV` instead of
-//! being followed. Only regular files are read (a FIFO would block us), and
-//! only up to [`MAX_STATE_FILE`] bytes.
+//! being followed. Only regular files are read, and only up to
+//! [`MAX_STATE_FILE`] bytes: the path is first opened with `O_PATH` (which
+//! opens nothing: no FIFO handshake, no device driver's `open`), checked
+//! with `fstat`, and only a regular file is then opened for reading,
+//! through that same descriptor (`/proc/self/fd/N`), so what is read is
+//! exactly what was checked. A planted FIFO or device node is refused
+//! without ever being opened.
 
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use hive_proto::operator::DirEntry;
@@ -61,21 +66,33 @@ fn open_root(state_dir: &Path) -> Result<OwnedFd, Refusal> {
 /// Reads `rel` below `state_dir`: `(bytes, truncated)`.
 pub fn read_file(state_dir: &Path, rel: &RelPath) -> Result<(Vec<u8>, bool), Refusal> {
     let root = open_root(state_dir)?;
-    let fd = rustix::fs::openat2(
+    let path_fd = rustix::fs::openat2(
         &root,
         rel.as_str(),
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         resolve_flags(),
     )
     .map_err(|e| refusal(e, rel.as_str()))?;
-    let st = rustix::fs::fstat(&fd).map_err(|e| refusal(e, rel.as_str()))?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
-        return Err(Refusal::new(
-            ErrorCode::BadRequest,
-            format!("{rel}: not a regular file"),
-        ));
+    let st = rustix::fs::fstat(&path_fd).map_err(|e| refusal(e, rel.as_str()))?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => {}
+        FileType::Directory => return Err(refusal(Errno::ISDIR, rel.as_str())),
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!("{rel}: not a regular file"),
+            ))
+        }
     }
+    // Reopening the O_PATH descriptor opens the very inode just checked,
+    // whatever the agent has done to the path since.
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", path_fd.as_raw_fd()),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| refusal(e, rel.as_str()))?;
     let mut buf = Vec::new();
     std::fs::File::from(fd)
         .take(MAX_STATE_FILE as u64 + 1)
@@ -168,6 +185,42 @@ mod tests {
             list_dir(&state, Some(&rel("escape"))).unwrap_err().code,
             ErrorCode::Forbidden
         );
+    }
+
+    #[test]
+    fn a_planted_fifo_is_refused_without_being_opened() {
+        use rustix::fs::inotify;
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("pipe");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            FileType::Fifo,
+            Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        // The kernel reports every open of the FIFO (an `O_PATH` one is not
+        // an open): a read of it, or the device driver of a node, would show.
+        let watch =
+            inotify::init(inotify::CreateFlags::NONBLOCK | inotify::CreateFlags::CLOEXEC).unwrap();
+        inotify::add_watch(&watch, &fifo, inotify::WatchFlags::OPEN).unwrap();
+        let opens = |watch: &OwnedFd| {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1024];
+            let mut reader = inotify::Reader::new(watch, &mut buf);
+            let mut n = 0;
+            while reader.next().is_ok() {
+                n += 1;
+            }
+            n
+        };
+        let e = read_file(tmp.path(), &rel("pipe")).unwrap_err();
+        assert_eq!(e.code, ErrorCode::BadRequest, "{e}");
+        assert!(e.message.contains("not a regular file"), "{e}");
+        assert_eq!(opens(&watch), 0, "the FIFO was opened");
+        // The watch does see a real open: the check above can fail.
+        let _r = rustix::fs::open(&fifo, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()).unwrap();
+        assert_eq!(opens(&watch), 1);
     }
 
     #[test]
