@@ -20,6 +20,7 @@ pub mod hive;
 pub mod hub;
 pub mod operator_socket;
 pub mod peer;
+pub mod repo;
 pub mod runtime;
 pub mod store;
 pub mod unix_socket;
