@@ -6,7 +6,11 @@
 //! anything), create the runtime and state directories, open the store,
 //! install the runtime, bind every socket (`admin.sock` last, so its
 //! existence means the daemon is ready), start the accept loops and the
-//! scheduler, then start the agents the runtime manages.
+//! scheduler, tell systemd `READY=1` (under [`run`], see the READINESS HOOK
+//! in [`Daemon::start`]), then start the agents the runtime manages — a
+//! container that is slow to boot is reconciling, not the daemon being
+//! unready, and must not run into systemd's start timeout. Units ordered
+//! after `hive-core.service` start against a daemon that answers.
 //!
 //! Shutdown, mini-redis style: cancel the one [`CancellationToken`] (accept
 //! loops stop, connections stop reading and answer what is in flight, event
@@ -19,6 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -64,6 +69,8 @@ pub struct Options {
     pub runtime: Option<Arc<dyn Runtime>>,
     /// Extra host paths the process runtime's sandbox hides.
     pub hide: Vec<PathBuf>,
+    /// Send systemd `READY=1` once ready ([`run`] sets it; `dev` does not).
+    pub notify_systemd: bool,
 }
 
 /// A started daemon.
@@ -148,6 +155,15 @@ impl Daemon {
         tracker.spawn(async move { scheduler_hive.run_scheduler(scheduler_stop).await });
 
         let adopted = runtime.adopt().await;
+        // READINESS HOOK: everything `READY=1` promises is done by here — the
+        // store is open and every socket accepts. Whatever else must hold
+        // before a unit ordered after hive-core starts (the network
+        // isolation table of issue 9) is installed above this line, so that
+        // no agent starts and no READY=1 is sent before it.
+        if opts.notify_systemd {
+            notify_ready().await;
+        }
+
         for agent in runtime.autostart() {
             if adopted.contains(&agent) {
                 continue;
@@ -214,10 +230,35 @@ pub async fn run(
     opts: Options,
     signal: impl Future<Output = ()>,
 ) -> Result<(), DaemonError> {
+    let opts = Options {
+        notify_systemd: true,
+        ..opts
+    };
     let daemon = Daemon::start(config, opts).await?;
     signal.await;
+    notify_systemd(NotifyState::Stopping).await;
     daemon.shutdown().await;
     Ok(())
+}
+
+/// Tells systemd the daemon is ready (`READY=1` on `NOTIFY_SOCKET`; nothing
+/// without one). Called only at the READINESS HOOK: the store is open and
+/// every socket accepts.
+async fn notify_ready() {
+    notify_systemd(NotifyState::Ready).await;
+}
+
+/// Sends one state to systemd. The send is a blocking datagram write, so it
+/// runs off the async workers; a failure is logged, not fatal (systemd then
+/// times the unit out by itself). The variable stays set: the units say
+/// `NotifyAccess=main`, so a child that inherits it cannot speak for us.
+async fn notify_systemd(state: NotifyState<'static>) {
+    let what = state.to_string();
+    match tokio::task::spawn_blocking(move || sd_notify::notify(false, &[state])).await {
+        Ok(Ok(())) => tracing::debug!(state = %what, "told systemd"),
+        Ok(Err(e)) => tracing::warn!(state = %what, error = %e, "could not notify systemd"),
+        Err(e) => tracing::warn!(state = %what, error = %e, "notifying systemd failed"),
+    }
 }
 
 /// The runtime the config names. Under `process`, every agent needs a

@@ -172,6 +172,8 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
     let options = Options {
         runtime: None,
         hide: vec![dir.clone()],
+        // A local hive in a terminal; nobody waits for READY=1.
+        notify_systemd: false,
     };
     let daemon = Daemon::start(config.clone(), options).await?;
 

@@ -18,6 +18,8 @@
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 //! - `mcp`: `hive-agent mcp` driven by the official MCP Python SDK.
 //! - `harness`: `hive-agent run`, the turn loop, with shell scripts as CMD.
+//! - `startup`: `check-config`, and `READY=1` only once the store is open
+//!   and every socket accepts.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -44,3 +46,5 @@ mod operator;
 mod paths;
 #[path = "core/quota.rs"]
 mod quota;
+#[path = "core/startup.rs"]
+mod startup;

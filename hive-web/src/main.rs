@@ -2,6 +2,9 @@
 //! verify that none are left, then (only then) start the runtime, connect to
 //! the core and bind the listener.
 //!
+//! `READY=1` goes to systemd (when `NOTIFY_SOCKET` is set, as under the
+//! module's `Type=notify` unit) only once the listener accepts.
+//!
 //! The tokens file is the one thing read before the drop: it is the
 //! gateway's own credential, root-only on disk in `hive-core dev` (under
 //! systemd, `LoadCredential=` hands it over the same way), and only its
@@ -89,9 +92,24 @@ async fn serve(config: Config, tokens: TokenSet) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = listener.local_addr().context("no local address")?;
     tracing::info!(listen = %local, core_socket = %config.core_socket.display(), "serving");
+    // Ready means the listener accepts: the kernel queues connections from
+    // here on, before the accept loop below takes the first.
+    notify_systemd(sd_notify::NotifyState::Ready).await;
     server::serve(listener, app(state), shutdown_signal())
         .await
         .context("the server failed")
+}
+
+/// Sends one state to systemd's `NOTIFY_SOCKET` (nothing without one). The
+/// send is a blocking datagram write, so it runs off the async workers; a
+/// failure is logged, not fatal (systemd then times the unit out).
+async fn notify_systemd(state: sd_notify::NotifyState<'static>) {
+    let what = state.to_string();
+    match tokio::task::spawn_blocking(move || sd_notify::notify(false, &[state])).await {
+        Ok(Ok(())) => tracing::debug!(state = %what, "told systemd"),
+        Ok(Err(e)) => tracing::warn!(state = %what, error = %e, "could not notify systemd"),
+        Err(e) => tracing::warn!(state = %what, error = %e, "notifying systemd failed"),
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -1,6 +1,9 @@
 //! The gateway holds no privilege (DESIGN §1, invariant 4), read back from
 //! the kernel through `/proc/<pid>/status` of the running binary.
 //!
+//! `READY=1` is part of the same story: systemd hears it only from the
+//! dropped process, once its listener accepts.
+//!
 //! These tests need root (to start it as root, and to start it as another
 //! user with `setpriv`); off CI they skip with a printed reason, under
 //! `CI=true` they fail instead.
@@ -18,6 +21,7 @@ use nix::unistd::User;
 
 use common::dev::free_port;
 use common::http::Http;
+use common::notify::NotifySocket;
 
 const TOKEN: &str = "privilege-test-token-0123456789abcdef";
 
@@ -165,6 +169,59 @@ async fn started_as_root_with_user_nobody_it_runs_as_nobody_with_no_capability()
         "{log}"
     );
     assert!(!log.contains(TOKEN), "the token never reaches a log");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ready_is_sent_by_the_dropped_process_once_the_listener_accepts_and_not_before() {
+    if !common::skip_unless(common::is_root(), "needs root to start hive-web as root") {
+        return;
+    }
+    let nobody = User::from_name("nobody").unwrap().expect("a nobody user");
+    let mut notify = NotifySocket::hold();
+    let (_dir, tokens) = tokens_file(None);
+    let port = free_port();
+    let mut child = web_command(&[], &tokens, port, &["--user", "nobody"])
+        .env("NOTIFY_SOCKET", notify.path())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    if !notify.wait_until_held(pid, Duration::from_secs(30)) {
+        let out = stop(child);
+        panic!(
+            "hive-web never tried to send READY=1: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Held inside its send of READY=1: the listener accepts already, and
+    // the sender is the dropped process.
+    std::net::TcpStream::connect(("127.0.0.1", port))
+        .expect("the listener accepts while READY=1 is being sent");
+    assert_unprivileged(pid, nobody.uid.as_raw());
+    assert_eq!(notify.release(Duration::from_secs(30)), "READY=1\n");
+    wait_serving(port, &mut child).await;
+    stop(child);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_that_cannot_listen_never_says_ready() {
+    if !common::skip_unless(common::is_root(), "needs root to start hive-web as root") {
+        return;
+    }
+    let notify = NotifySocket::new();
+    let (_dir, tokens) = tokens_file(None);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = web_command(&[], &tokens, port, &["--user", "nobody"])
+        .env("NOTIFY_SOCKET", notify.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot listen on"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(notify.queued(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread")]

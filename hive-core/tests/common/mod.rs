@@ -4,6 +4,8 @@
 //! restart it, and skip-or-fail for tests that need root or a tool.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod notify;
+
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -132,6 +134,12 @@ impl TestHive {
 
     /// Starts the daemon and waits until `admin.sock` (bound last) accepts.
     pub fn start(&mut self) {
+        self.spawn_with_env(&[]);
+        self.wait_for_admin_socket();
+    }
+
+    /// Starts the daemon with extra environment and returns at once.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         assert!(self.child.is_none(), "daemon already running");
         let log = fs::OpenOptions::new()
             .create(true)
@@ -146,12 +154,37 @@ impl TestHive {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
             .expect("spawning hive-core");
         self.child = Some(child);
+    }
+
+    /// The running daemon's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not running").id()
+    }
+
+    /// Waits for the daemon to exit by itself (bounded by [`START_TIMEOUT`]).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon not running");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hive-core did not exit:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn wait_for_admin_socket(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if std::os::unix::net::UnixStream::connect(self.admin_socket()).is_ok() {
@@ -184,20 +217,9 @@ impl TestHive {
 
     /// SIGTERM, then waits for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon not running");
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("hive-core ignored SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit()
     }
 
     /// Starts the daemon again on the same directories.

@@ -6,6 +6,8 @@
 //! - [`dev`]: starts the real `hive-core dev` (and with it the real
 //!   `hive-web`) for the integration, browser and fault tests.
 //! - [`http`]: a minimal HTTP/1 client for talking to that real gateway.
+//! - [`notify`]: a `NOTIFY_SOCKET` of the test's own that holds the
+//!   daemon inside its `READY=1` send (hive-core's helper, included by path).
 //! - [`skip_unless`]: the one rule for tests that need root or a tool.
 
 #![allow(dead_code)]
@@ -13,6 +15,8 @@
 pub mod dev;
 pub mod fake;
 pub mod http;
+#[path = "../../../hive-core/tests/common/notify.rs"]
+pub mod notify;
 pub mod oneshot;
 
 /// Whether this run is CI (`CI=true`, `CI=1`, ...), where no test may
