@@ -74,7 +74,8 @@ let
     runtime = cfg.runtime;
     stop_timeout = cfg.stopTimeout;
     agents = lib.mapAttrs agentTable cfg.agents;
-  } // lib.optionalAttrs (networkTable != { }) { network = networkTable; };
+  } // lib.optionalAttrs cfg.allowUnsandboxed { allow_unsandboxed = true; }
+  // lib.optionalAttrs (networkTable != { }) { network = networkTable; };
   networkTable = lib.filterAttrs (_: v: v != null) {
     pool4 = cfg.network.pool4;
     pool6 = cfg.network.pool6;
@@ -235,6 +236,17 @@ in
         `agent.nix` as a declarative-style container), `nspawn` (a
         systemd-nspawn root of the host's store), `process` (unsandboxed
         children, development only) or `detached` (nothing is started).
+      '';
+    };
+
+    allowUnsandboxed = mkOption {
+      type = types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Let the `process` runtime run agents without bubblewrap when it is
+        missing or broken (`allow_unsandboxed`; every page then says so).
+        Development only.
       '';
     };
 

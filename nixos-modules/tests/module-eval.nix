@@ -28,6 +28,7 @@ let
     services.tailscale = { enable = true; package = stubPkgs.tailscale; };
     services.hyperhive = {
       runtime = "nspawn";
+      allowUnsandboxed = true;
       stopTimeout = 30;
       adminUsers = [ "alice" ];
       network = { pool4 = "10.213.0.0/16"; pool6 = "fd68:6976:6500::/48"; resolver = "192.0.2.53"; };
@@ -206,6 +207,7 @@ let
 
   fullToml = ''
     admin_group = "hive-admin"
+    allow_unsandboxed = true
     event_retention = 200000
     runtime = "nspawn"
     runtime_dir = "/run/hyperhive"
