@@ -100,10 +100,19 @@ let
     "--tokens-file" "%d/operator-tokens"
   ]
   ++ lib.optional cfg.web.allowWildcard "--allow-wildcard-bind"
-  ++ lib.optionals (cfg.web.tailscale.allowedLogins != [ ]) [
+  ++ lib.optionals (cfg.web.publicHosts != [ ]) [
+    "--public-host"
+    (lib.concatStringsSep "," cfg.web.publicHosts)
+  ]
+  ++ lib.optionals trustsTailscale [
     "--trust-tailscale-identity"
     (lib.concatStringsSep "," cfg.web.tailscale.allowedLogins)
+  ]
+  ++ lib.optionals (trustsTailscale && cfg.web.tailscale.daemonUid != 0) [
+    "--tailscale-uid"
+    (toString cfg.web.tailscale.daemonUid)
   ];
+  trustsTailscale = cfg.web.tailscale.allowedLogins != [ ];
 
   agentOptions = { name, ... }: {
     options = {
@@ -320,6 +329,16 @@ in
         example = true;
         description = "Allow a wildcard `listenAddress` (passes `--allow-wildcard-bind`; the gateway logs a warning).";
       };
+      publicHosts = mkOption {
+        type = types.listOf (types.strMatching "[A-Za-z0-9.:-]+");
+        default = [ ];
+        example = [ "hive.example-tailnet.ts.net" ];
+        description = ''
+          Host names the dashboard is reached by besides the listen address
+          and localhost (`--public-host`); a request naming any other Host
+          gets 421. With `tailscale.serve`, this machine's tailnet name.
+        '';
+      };
       allowedClients = mkOption {
         type = types.listOf types.str;
         default = [ ];
@@ -359,6 +378,16 @@ in
           default = 443;
           example = 8443;
           description = "Tailnet HTTPS port `tailscale serve` listens on.";
+        };
+        daemonUid = mkOption {
+          type = types.ints.unsigned;
+          default = 0;
+          example = 990;
+          description = ''
+            The uid tailscaled runs as (`--tailscale-uid`; root on NixOS): a
+            `Tailscale-User-Login` header is believed only on a connection
+            the kernel says this uid opened.
+          '';
         };
         allowedLogins = mkOption {
           type = types.listOf types.str;
@@ -418,6 +447,10 @@ in
         assertion = cfg.web.operatorTokensFile == null
           || !(lib.hasPrefix builtins.storeDir (toString cfg.web.operatorTokensFile));
         message = "services.hyperhive.web.operatorTokensFile is in the Nix store, which every user can read; give a path outside it (e.g. /run/secrets/...).";
+      }
+      {
+        assertion = !cfg.web.tailscale.serve || cfg.web.publicHosts != [ ];
+        message = "services.hyperhive.web.tailscale.serve needs services.hyperhive.web.publicHosts = [ \"<host>.<tailnet>.ts.net\" ]: the gateway answers 421 to a Host it was not told.";
       }
       {
         assertion = !cfg.web.tailscale.serve || (config.services.tailscale.enable or false);
@@ -515,7 +548,10 @@ in
         ProtectHostname = true;
         ProtectProc = "invisible";
         ProcSubset = "pid";
-        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
+        # AF_NETLINK only to ask the kernel (sock_diag) which uid opened a
+        # connection that carries a Tailscale-User-Login header.
+        RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ]
+          ++ lib.optional trustsTailscale "AF_NETLINK";
         RestrictNamespaces = true;
         LockPersonality = true;
         MemoryDenyWriteExecute = true;

@@ -34,7 +34,8 @@ let
       network = { pool4 = "10.213.0.0/16"; pool6 = "fd68:6976:6500::/48"; resolver = "192.0.2.53"; };
       web = {
         port = 8443;
-        tailscale = { serve = true; allowedLogins = [ "alice@example.com" "bob@example.com" ]; };
+        publicHosts = [ "hive.example-tailnet.ts.net" ];
+        tailscale = { serve = true; daemonUid = 990; allowedLogins = [ "alice@example.com" "bob@example.com" ]; };
       };
       openFirewall = true;
       settings.event_retention = 200000;
@@ -103,8 +104,13 @@ let
       config.services.hyperhive.web.operatorTokensFile = lib.mkForce "/nix/store/aaaa-tokens";
       message = "services.hyperhive.web.operatorTokensFile is in the Nix store";
     };
-    serve-without-tailscale = {
+    serve-without-public-host = {
+      config.services.tailscale = { enable = true; package = stubPkgs.tailscale; };
       config.services.hyperhive.web.tailscale.serve = true;
+      message = "services.hyperhive.web.tailscale.serve needs services.hyperhive.web.publicHosts";
+    };
+    serve-without-tailscale = {
+      config.services.hyperhive.web = { tailscale.serve = true; publicHosts = [ "h.example.ts.net" ]; };
       message = "services.hyperhive.web.tailscale.serve needs services.tailscale.enable = true.";
     };
     autostart-off = {
@@ -141,7 +147,6 @@ let
     ProtectHostname = true;
     ProtectProc = "invisible";
     ProcSubset = "pid";
-    RestrictAddressFamilies = [ "AF_UNIX" "AF_INET" "AF_INET6" ];
     RestrictNamespaces = true;
     LockPersonality = true;
     MemoryDenyWriteExecute = true;
@@ -253,6 +258,8 @@ let
         (web minimal).ExecStart
         "${pkgBin}/hive-web --core-socket /run/hyperhive/web.sock --listen 127.0.0.1:8080 --tokens-file %d/operator-tokens")
       (eq "minimal: hive-web may reach loopback only" (web minimal).IPAddressAllow [ "localhost" ])
+      (eq "minimal: hive-web's address families are unix and IP only"
+        (web minimal).RestrictAddressFamilies [ "AF_UNIX" "AF_INET" "AF_INET6" ])
       (eq "minimal: no tailscale unit without tailscale.serve" (minimal.services ? hyperhive-tailscale-serve) false)
       (eq "minimal: the firewall stays closed" minimal.firewallPorts [ ])
       (eq "minimal: hive-admin has no members" minimal.groups.hive-admin.members [ ])
@@ -262,7 +269,9 @@ let
       (eq "full: openFirewall opens the web port" full.firewallPorts [ 8443 ])
       (eq "full: allowedLogins reach hive-web as --trust-tailscale-identity"
         (web full).ExecStart
-        "${pkgBin}/hive-web --core-socket /run/hyperhive/web.sock --listen 127.0.0.1:8443 --tokens-file %d/operator-tokens --trust-tailscale-identity alice@example.com,bob@example.com")
+        "${pkgBin}/hive-web --core-socket /run/hyperhive/web.sock --listen 127.0.0.1:8443 --tokens-file %d/operator-tokens --public-host hive.example-tailnet.ts.net --trust-tailscale-identity alice@example.com,bob@example.com --tailscale-uid 990")
+      (eq "full: trusting tailscale identity adds AF_NETLINK (sock_diag) and nothing else"
+        (web full).RestrictAddressFamilies [ "AF_UNIX" "AF_INET" "AF_INET6" "AF_NETLINK" ])
       (eq "full: tailscale serve runs after tailscaled and the gateway"
         full.services.hyperhive-tailscale-serve.after [ "tailscaled.service" "hive-web.service" ])
       (eq "full: tailscale serve is bound to the gateway" full.services.hyperhive-tailscale-serve.bindsTo [ "hive-web.service" ])

@@ -4,6 +4,10 @@
 #  - hands every generated daemon config to `hive-core check-config`, the
 #    daemon's own parser, with the keys of pending.nix stripped, and each
 #    pending key alone to show the core still refuses it by name;
+#  - runs hive-web with the ExecStart flags the module rendered (the binary
+#    swapped for the one built here, the credentials directory for one that
+#    does not exist): the flags must pass hive-web's own parser and
+#    validation, so it stops only at reading the tokens file;
 #  - rates the rendered hive-web and hive-core units with
 #    `systemd-analyze security --offline=true`: hive-web must be at most 1.5.
 # Run from anywhere; scripts/test-all.sh runs it.
@@ -56,6 +60,28 @@ for case in $(jq -r '.configs | keys[]' "$work/result.json"); do
       exit 1
     fi
   done
+done
+
+echo "==> $name: the rendered hive-web flags through hive-web's parser"
+if [ -z "${HIVE_WEB:-}" ]; then
+  cargo build -q --locked -p hive-web --bin hive-web
+  HIVE_WEB="${CARGO_TARGET_DIR:-$repo_root/target}/debug/hive-web"
+fi
+missing_creds=/nonexistent/hive-web-module-test
+for case in minimal full; do
+  exec_start=$(sed -n 's/^ExecStart=//p' "$work/files/$case/hive-web.service")
+  read -r -a argv <<<"$exec_start"
+  [[ "${argv[0]}" == */bin/hive-web ]] || { echo "FAIL $name: $case ExecStart is not hive-web: $exec_start" >&2; exit 1; }
+  argv=("${argv[@]/\%d/$missing_creds}")
+  set +e
+  out=$("$HIVE_WEB" "${argv[@]:1}" 2>&1 </dev/null)
+  rc=$?
+  set -e
+  if [ "$rc" -ne 1 ] || [[ "$out" != *"$missing_creds/operator-tokens"* ]]; then
+    echo "FAIL $name: hive-web refused the $case flags (exit $rc): $out" >&2
+    exit 1
+  fi
+  echo "  ok   $case: flags accepted, stopped at the tokens file"
 done
 
 echo "==> $name: systemd-analyze security --offline=true"

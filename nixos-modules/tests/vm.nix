@@ -57,7 +57,7 @@ pkgs.testers.runNixOSTest {
             "curl -fsS -c /tmp/jar -b /tmp/jar -H 'Origin: http://127.0.0.1:8080' "
             "--data-urlencode token=vm-test-token http://127.0.0.1:8080/login -o /dev/null"
         )
-        host.wait_until_succeeds("hivectl status | grep -q alice", timeout=300)
+        host.wait_until_succeeds("hivectl agents | grep -q alice", timeout=300)
         for name in ["alice", "bob"]:
             page = host.succeed(f"curl -fsS -b /tmp/jar http://127.0.0.1:8080/agent/{name}/")
             assert name in page, f"/agent/{name}/ does not name {name}"
