@@ -56,8 +56,26 @@ pub struct RawConfig {
     /// Events kept for reconnecting subscribers (default
     /// [`DEFAULT_EVENT_RETENTION`], at least [`MIN_EVENT_RETENTION`]).
     pub event_retention: Option<u64>,
+    /// `[network]`: agent addressing and the hive's nftables table.
+    pub network: Option<RawNetwork>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
+}
+
+/// The `[network]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNetwork {
+    /// IPv4 network the agents' `/30`s are cut from.
+    pub pool4: Option<String>,
+    /// IPv6 network the agents' `/64`s are cut from.
+    pub pool6: Option<String>,
+    /// The one private address an `egress = "allow"` agent may reach on
+    /// port 53.
+    pub resolver: Option<String>,
+    /// The interface agent egress leaves through (masqueraded); without it,
+    /// any interface that is not an agent's.
+    pub uplink: Option<String>,
 }
 
 /// One `[agents.<name>]` table.
@@ -121,6 +139,16 @@ pub enum RuntimeKind {
     Detached,
 }
 
+impl RuntimeKind {
+    /// Whether each agent gets a network namespace of its own, which the
+    /// hive's nftables table (`isolation`) must guard before any starts.
+    pub fn private_network(self) -> bool {
+        match self {
+            Self::Process | Self::Detached => false,
+        }
+    }
+}
+
 /// Whom an agent may message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecipientPolicy {
@@ -179,6 +207,98 @@ pub enum EgressPolicy {
     Allow,
     /// Nothing leaves the container.
     Deny,
+}
+
+/// Default `[network] pool4`.
+pub const DEFAULT_POOL4: &str = "10.213.0.0/16";
+/// Default `[network] pool6`.
+pub const DEFAULT_POOL6: &str = "fd68:6976:6500::/48";
+/// Longest prefix `pool4` may have: one agent's `/30`.
+pub const MAX_POOL4_PREFIX: u8 = 30;
+/// Longest prefix `pool6` may have: one agent's `/64`.
+pub const MAX_POOL6_PREFIX: u8 = 64;
+/// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
+pub const MAX_IFNAME: usize = 15;
+
+/// Validated `[network]`: where agent addresses come from and how agent
+/// egress leaves the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkConfig {
+    pub pool4: ipnet::Ipv4Net,
+    pub pool6: ipnet::Ipv6Net,
+    pub resolver: Option<std::net::IpAddr>,
+    pub uplink: Option<String>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            pool4: DEFAULT_POOL4.parse().expect("default pool4"),
+            pool6: DEFAULT_POOL6.parse().expect("default pool6"),
+            resolver: None,
+            uplink: None,
+        }
+    }
+}
+
+/// Validates `[network]`; the error is one sentence naming the key.
+pub fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, String> {
+    let mut net = NetworkConfig::default();
+    if let Some(p) = raw.pool4 {
+        let pool: ipnet::Ipv4Net = p
+            .parse()
+            .map_err(|_| format!("network.pool4 {p:?} is not an IPv4 network (ADDR/PREFIX)"))?;
+        if pool.prefix_len() > MAX_POOL4_PREFIX {
+            return Err(format!(
+                "network.pool4 {p} is too small: at most /{MAX_POOL4_PREFIX} (each agent takes a /30)"
+            ));
+        }
+        net.pool4 = pool.trunc();
+    }
+    if let Some(p) = raw.pool6 {
+        let pool: ipnet::Ipv6Net = p
+            .parse()
+            .map_err(|_| format!("network.pool6 {p:?} is not an IPv6 network (ADDR/PREFIX)"))?;
+        if pool.prefix_len() > MAX_POOL6_PREFIX {
+            return Err(format!(
+                "network.pool6 {p} is too small: at most /{MAX_POOL6_PREFIX} (each agent takes a /64)"
+            ));
+        }
+        net.pool6 = pool.trunc();
+    }
+    if let Some(r) = raw.resolver {
+        let addr: std::net::IpAddr = r
+            .parse()
+            .map_err(|_| format!("network.resolver {r:?} is not an IP address"))?;
+        let in_pool = match addr {
+            std::net::IpAddr::V4(a) => net.pool4.contains(&a),
+            std::net::IpAddr::V6(a) => net.pool6.contains(&a),
+        };
+        if in_pool || addr.is_unspecified() || addr.is_loopback() {
+            return Err(format!(
+                "network.resolver {r} cannot be reached from a container (loopback, unspecified or inside the agent pools)"
+            ));
+        }
+        net.resolver = Some(addr);
+    }
+    if let Some(u) = raw.uplink {
+        let good = !u.is_empty()
+            && u.len() <= MAX_IFNAME
+            && u.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !good {
+            return Err(format!(
+                "network.uplink {u:?} is not an interface name (1 to {MAX_IFNAME} of [A-Za-z0-9_.-])"
+            ));
+        }
+        if u.starts_with(crate::isolation::AGENT_IF_PREFIX) || u == "lo" {
+            return Err(format!(
+                "network.uplink {u:?} is an agent interface or loopback, not an uplink"
+            ));
+        }
+        net.uplink = Some(u);
+    }
+    Ok(net)
 }
 
 /// Resource limits applied to the agent's cgroup.
@@ -293,6 +413,9 @@ pub struct Config {
     pub allow_unsandboxed: bool,
     /// Events kept for reconnecting subscribers; older ones are pruned.
     pub event_retention: u64,
+    /// Agent addressing and egress (used by runtimes that give each agent
+    /// its own network namespace).
+    pub network: NetworkConfig,
     pub agents: BTreeMap<AgentName, AgentPolicy>,
 }
 
@@ -330,6 +453,7 @@ impl Config {
                 "event_retention must be at least {MIN_EVENT_RETENTION} (got {event_retention})"
             ));
         }
+        let network = validate_network(raw.network.unwrap_or_default())?;
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             let name = AgentName::new(&name).map_err(|e| format!("agent {name:?}: {e}"))?;
@@ -350,6 +474,7 @@ impl Config {
             runtime,
             allow_unsandboxed: raw.allow_unsandboxed.unwrap_or(false),
             event_retention,
+            network,
             agents,
         })
     }
@@ -735,6 +860,46 @@ mod tests {
             (b.restart, b.egress, b.idle_timeout),
             (RestartPolicy::OnFailure, EgressPolicy::Allow, None)
         );
+    }
+
+    #[test]
+    fn the_network_table_parses_with_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.network, NetworkConfig::default());
+        assert_eq!(c.network.pool4.to_string(), DEFAULT_POOL4);
+        let c = parse(
+            r#"
+            [network]
+            pool4 = "10.99.1.7/24"
+            pool6 = "fd00:1::/56"
+            resolver = "10.88.0.53"
+            uplink = "eth0"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.network.pool4.to_string(), "10.99.1.0/24");
+        assert_eq!(c.network.pool6.to_string(), "fd00:1::/56");
+        assert_eq!(c.network.resolver, Some("10.88.0.53".parse().unwrap()));
+        assert_eq!(c.network.uplink.as_deref(), Some("eth0"));
+    }
+
+    #[test]
+    fn bad_network_keys_name_the_key() {
+        let bad = |body: &str, want: &str| {
+            let err = parse(&format!("[network]\n{body}")).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+        };
+        bad("pool4 = \"10.0.0.0\"", "network.pool4");
+        bad("pool4 = \"10.0.0.0/31\"", "too small");
+        bad("pool4 = \"fd00::/48\"", "not an IPv4 network");
+        bad("pool6 = \"fd00::/65\"", "too small");
+        bad("resolver = \"dns.example\"", "network.resolver");
+        bad("resolver = \"10.213.0.1\"", "inside the agent pools");
+        bad("resolver = \"127.0.0.53\"", "loopback");
+        bad("uplink = \"eth0; drop\"", "network.uplink");
+        bad("uplink = \"a-very-long-interface\"", "network.uplink");
+        bad("uplink = \"ve-h-alice\"", "agent interface");
+        bad("pool = \"10.0.0.0/8\"", "pool");
     }
 
     #[test]

@@ -29,10 +29,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, RuntimeKind};
 use crate::hive::Hive;
+use crate::isolation::{Isolation, IsolationError};
 use crate::operator_socket::{self, AdminEndpoint, WebEndpoint, OPERATOR_SOCKET_MODE};
 use crate::peer::{self, PeerError};
 use crate::runtime::process::{ProcessRuntime, ProcessSettings, STOP_GRACE};
-use crate::runtime::{AgentSpec, Control, DetachedRuntime, Runtime};
+use crate::runtime::{AgentSpec, Control, DetachedRuntime, Runtime, RuntimeError};
 use crate::unix_socket::{self, SocketSetupError};
 use crate::{agent_socket, Error};
 
@@ -57,6 +58,8 @@ pub enum DaemonError {
     AdminGroup { group: String, source: PeerError },
     #[error("web_user {user:?}: {source}")]
     WebUser { user: String, source: PeerError },
+    #[error(transparent)]
+    Isolation(#[from] IsolationError),
     #[error("agent {agent}: the process runtime needs a `command` to run it")]
     NoCommand { agent: String },
 }
@@ -71,12 +74,15 @@ pub struct Options {
     pub hide: Vec<PathBuf>,
     /// Send systemd `READY=1` once ready ([`run`] sets it; `dev` does not).
     pub notify_systemd: bool,
+    /// The programs isolation runs (`nft`, `ip`, `nsenter`).
+    pub tools: crate::isolation::Tools,
 }
 
 /// A started daemon.
 pub struct Daemon {
     hive: Hive,
     runtime: Arc<dyn Runtime>,
+    isolation: Option<Isolation>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     sockets: Vec<PathBuf>,
@@ -109,11 +115,16 @@ impl Daemon {
         unix_socket::ensure_dir(&config.runtime_dir, RUNTIME_DIR_MODE, None)?;
         unix_socket::ensure_dir(&config.state_dir, STATE_DIR_MODE, None)?;
 
+        let hive = Hive::open(config.clone()).await?;
+        let isolation = if config.runtime.private_network() {
+            Some(start_isolation(&config, &hive, opts.tools.clone()).await?)
+        } else {
+            None
+        };
         let runtime = match opts.runtime {
             Some(rt) => rt,
-            None => runtime_from_config(&config, opts.hide)?,
+            None => runtime_from_config(&config, opts.hide, isolation.clone())?,
         };
-        let hive = Hive::open(config.clone()).await?;
         hive.set_runtime(Arc::new(Control(Arc::clone(&runtime))));
 
         let shutdown = CancellationToken::new();
@@ -154,6 +165,22 @@ impl Daemon {
         let scheduler_stop = shutdown.clone().cancelled_owned();
         tracker.spawn(async move { scheduler_hive.run_scheduler(scheduler_stop).await });
 
+        if let Some(isolation) = &isolation {
+            let isolation = isolation.clone();
+            let stop = shutdown.clone();
+            let rt = Arc::clone(&runtime);
+            let agents: Vec<_> = config.agents.keys().cloned().collect();
+            tracker.spawn(async move {
+                isolation
+                    .run_reconcile(stop, |reason| {
+                        let rt = Arc::clone(&rt);
+                        let agents = agents.clone();
+                        async move { stop_every_agent(rt.as_ref(), &agents, &reason).await }
+                    })
+                    .await
+            });
+        }
+
         let adopted = runtime.adopt().await;
         // READINESS HOOK: everything `READY=1` promises is done by here — the
         // store is open and every socket accepts. Whatever else must hold
@@ -182,6 +209,7 @@ impl Daemon {
         Ok(Self {
             hive,
             runtime,
+            isolation,
             shutdown,
             tracker,
             sockets,
@@ -214,6 +242,12 @@ impl Daemon {
             }
         };
         tokio::join!(self.runtime.shutdown(), drained);
+        if let Some(isolation) = &self.isolation {
+            // The containers are gone; so goes the table guarding them.
+            if let Err(e) = isolation.remove().await {
+                tracing::warn!(error = %e, "could not remove the hive's nftables table");
+            }
+        }
         self.hive.shutdown().await;
         for path in &self.sockets {
             if let Err(e) = unix_socket::remove_stale_socket(path) {
@@ -266,7 +300,11 @@ async fn notify_systemd(state: NotifyState<'static>) {
 pub fn runtime_from_config(
     config: &Config,
     hide: Vec<PathBuf>,
+    isolation: Option<Isolation>,
 ) -> Result<Arc<dyn Runtime>, DaemonError> {
+    // Container runtimes take `isolation`: `check_ready` before each start,
+    // `attach` once the container is up.
+    let _ = isolation;
     match config.runtime {
         RuntimeKind::Detached => Ok(Arc::new(DetachedRuntime::default())),
         RuntimeKind::Process => {
@@ -287,6 +325,40 @@ pub fn runtime_from_config(
                 stop_grace: STOP_GRACE,
                 sandbox: true,
             })))
+        }
+    }
+}
+
+/// Allocates the agents' addresses and installs the hive's table. A table
+/// that cannot be installed does not stop the daemon: it stays up, says why
+/// in `Health`, refuses every container start and keeps trying.
+async fn start_isolation(
+    config: &Config,
+    hive: &Hive,
+    tools: crate::isolation::Tools,
+) -> Result<Isolation, DaemonError> {
+    let isolation =
+        Isolation::new(config.network.clone(), tools, hive.store(), &config.agents).await?;
+    match isolation.apply().await {
+        Ok(()) => tracing::info!(
+            table = crate::isolation::TABLE,
+            "network isolation enforced"
+        ),
+        Err(e) => {
+            tracing::error!(error = %e, "network isolation is not enforced; no agent container will start")
+        }
+    }
+    hive.set_isolation(isolation.clone());
+    Ok(isolation)
+}
+
+/// Fail closed: the table is lost, so every container goes.
+async fn stop_every_agent(rt: &dyn Runtime, agents: &[hive_proto::AgentName], reason: &str) {
+    for agent in agents {
+        match rt.stop(agent).await {
+            Ok(()) => tracing::warn!(agent = %agent, reason, "stopped: network isolation lost"),
+            Err(RuntimeError::NotRunning(_) | RuntimeError::Unsupported { .. }) => {}
+            Err(e) => tracing::error!(agent = %agent, error = %e, "could not stop agent"),
         }
     }
 }

@@ -167,6 +167,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         },
         allow_unsandboxed: false,
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,
+        network: crate::config::NetworkConfig::default(),
         agents,
     };
     let options = Options {
@@ -174,6 +175,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         hide: vec![dir.clone()],
         // A local hive in a terminal; nobody waits for READY=1.
         notify_systemd: false,
+        ..Options::default()
     };
     let daemon = Daemon::start(config.clone(), options).await?;
 

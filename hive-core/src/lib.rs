@@ -18,6 +18,7 @@ pub mod dev;
 pub mod error;
 pub mod hive;
 pub mod hub;
+pub mod isolation;
 pub mod operator_socket;
 pub mod peer;
 pub mod repo;

@@ -20,6 +20,8 @@
 //! - `harness`: `hive-agent run`, the turn loop, with shell scripts as CMD.
 //! - `startup`: `check-config`, and `READY=1` only once the store is open
 //!   and every socket accepts.
+//! - `isolation`: the hive's nftables table and agent addressing, with real
+//!   network namespaces, veth pairs and `nft` (as root).
 
 #[path = "common/mod.rs"]
 mod common;
@@ -38,6 +40,8 @@ mod dev;
 mod durability;
 #[path = "core/harness.rs"]
 mod harness;
+#[path = "core/isolation.rs"]
+mod isolation;
 #[path = "core/mcp.rs"]
 mod mcp;
 #[path = "core/operator.rs"]

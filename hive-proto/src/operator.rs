@@ -234,6 +234,36 @@ pub struct Health {
     pub agents: u32,
     pub connected_agents: u32,
     pub last_event_seq: u64,
+    /// Whether containers are kept off the host and each other.
+    pub network: NetworkIsolation,
+}
+
+/// The state of the hive's nftables table (DESIGN §1.6), as `Health`
+/// reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NetworkIsolation {
+    /// The runtime gives agents no network namespace of their own
+    /// (`process`, `detached`): there is no table to keep.
+    NotUsed,
+    /// `table inet hyperhive` is installed and verified; `repairs` counts
+    /// the times the reconcile loop had to restore it.
+    Enforced { repairs: u64 },
+    /// Not enforced, so no agent container runs. One sentence saying why.
+    Failed { reason: String },
+}
+
+impl NetworkIsolation {
+    /// One line for `hivectl health` and the dashboard.
+    pub fn sentence(&self) -> String {
+        match self {
+            Self::NotUsed => "network isolation: not used by this runtime".into(),
+            Self::Enforced { repairs: 0 } => "network isolation: enforced".into(),
+            Self::Enforced { repairs } => {
+                format!("network isolation: enforced (restored {repairs} times after tampering)")
+            }
+            Self::Failed { reason } => reason.clone(),
+        }
+    }
 }
 
 /// The core's answer to a call.

@@ -20,7 +20,8 @@ use hive_proto::codec::{decode_frame, FrameCodec};
 use hive_proto::event::{Event, EventRecord};
 use hive_proto::operator::{
     AdminRequest, Approval, ClientFrame, ConfigRev, DirEntry, Health, Hello, HelloReply,
-    LifecycleAction, OperatorRequest, OperatorResponse, RpcError, ServerFrame, Version, WebCall,
+    LifecycleAction, NetworkIsolation, OperatorRequest, OperatorResponse, RpcError, ServerFrame,
+    Version, WebCall,
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, AuditEntry, ErrorCode, ItemKind,
@@ -459,15 +460,23 @@ fn health() -> impl Strategy<Value = Health> {
         any::<u32>(),
         any::<u32>(),
         any::<u64>(),
+        prop_oneof![
+            Just(NetworkIsolation::NotUsed),
+            any::<u64>().prop_map(|repairs| NetworkIsolation::Enforced { repairs }),
+            text().prop_map(|reason| NetworkIsolation::Failed { reason }),
+        ],
     )
         .prop_map(
-            |(version, runtime, uptime_ms, agents, connected_agents, last_event_seq)| Health {
-                version,
-                runtime,
-                uptime_ms,
-                agents,
-                connected_agents,
-                last_event_seq,
+            |(version, runtime, uptime_ms, agents, connected_agents, last_event_seq, network)| {
+                Health {
+                    version,
+                    runtime,
+                    uptime_ms,
+                    agents,
+                    connected_agents,
+                    last_event_seq,
+                    network,
+                }
             },
         )
 }

@@ -169,6 +169,8 @@ struct Inner {
     runtime: OnceLock<Arc<dyn RuntimeControl>>,
     /// The in-memory quotas: send rate and status coalescing per agent.
     meters: quota::Meters,
+    /// The network isolation of container runtimes; unset for the others.
+    isolation: OnceLock<crate::isolation::Isolation>,
 }
 
 impl Hive {
@@ -188,6 +190,7 @@ impl Hive {
                 scheduler_wake: Notify::new(),
                 runtime: OnceLock::new(),
                 meters: quota::Meters::default(),
+                isolation: OnceLock::new(),
             }),
         })
     }
@@ -299,6 +302,20 @@ impl Hive {
     /// Installs the container runtime. Only the first call takes effect.
     pub fn set_runtime(&self, runtime: Arc<dyn RuntimeControl>) {
         let _ = self.inner.runtime.set(runtime);
+    }
+
+    /// Installs the network isolation `Health` reports (container runtimes).
+    pub fn set_isolation(&self, isolation: crate::isolation::Isolation) {
+        let _ = self.inner.isolation.set(isolation);
+    }
+
+    /// What `Health` says of the hive's nftables table.
+    pub fn network_isolation(&self) -> hive_proto::operator::NetworkIsolation {
+        self.inner
+            .isolation
+            .get()
+            .map(|i| i.health())
+            .unwrap_or(hive_proto::operator::NetworkIsolation::NotUsed)
     }
 
     fn runtime(&self) -> Option<&Arc<dyn RuntimeControl>> {

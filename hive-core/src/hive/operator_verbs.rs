@@ -165,6 +165,7 @@ impl Hive {
                     agents,
                     connected_agents,
                     last_event_seq,
+                    network: self.network_isolation(),
                 }))
             }
         }

@@ -67,6 +67,14 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL
 );
 
+-- Owned by `isolation`: each agent's slot in the `[network]` pools, given
+-- once and kept, so an agent has the same addresses across restarts.
+CREATE TABLE IF NOT EXISTS isolation_slots (
+    agent        TEXT PRIMARY KEY,
+    slot         INTEGER NOT NULL UNIQUE,
+    allocated_at INTEGER NOT NULL
+);
+
 -- Append-only: each row's hash covers the previous row's hash, so a changed
 -- or deleted row breaks the chain (`hivectl audit verify`). The triggers stop
 -- honest mistakes; the chain catches the rest.

@@ -126,6 +126,61 @@ impl<'a> Tx<'a> {
         Ok(())
     }
 
+    /// The agent's slot in the network pools (`isolation`): the one it was
+    /// given before, or else the lowest free one below `capacity`. A pool
+    /// with no free slot, or a kept slot the (since shrunk) pool no longer
+    /// holds, is refused with `limit`.
+    pub fn isolation_slot(&mut self, agent: &AgentName, capacity: u64) -> Result<u64, StoreError> {
+        let kept: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT slot FROM isolation_slots WHERE agent = ?1",
+                params![agent.as_str()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(slot) = kept {
+            let slot = u64::try_from(slot).map_err(|_| StoreError::Corrupt {
+                table: "isolation_slots",
+                id: slot,
+                what: "negative slot".into(),
+            })?;
+            if slot >= capacity {
+                return Err(StoreError::refused(
+                    ErrorCode::Limit,
+                    format!(
+                        "agent {agent} holds network slot {slot}, outside the configured pools ({capacity} slots); widen [network] pool4/pool6 again"
+                    ),
+                ));
+            }
+            return Ok(slot);
+        }
+        // The lowest slot not taken: the first gap in the sorted slots.
+        let mut stmt = self
+            .conn
+            .prepare("SELECT slot FROM isolation_slots ORDER BY slot")?;
+        let mut free = 0u64;
+        for slot in stmt.query_map([], |r| r.get::<_, i64>(0))? {
+            if slot? != sql_int(free) {
+                break;
+            }
+            free += 1;
+        }
+        if free >= capacity {
+            return Err(StoreError::refused(
+                ErrorCode::Limit,
+                format!(
+                    "the network pools are full ({capacity} agents); widen [network] pool4/pool6"
+                ),
+            ));
+        }
+        self.conn.execute(
+            "INSERT INTO isolation_slots (agent, slot, allocated_at) VALUES (?1, ?2, ?3)",
+            params![agent.as_str(), sql_int(free), self.now],
+        )?;
+        Ok(free)
+    }
+
     /// Appends an event; it is published after commit.
     pub fn event(&mut self, event: Event) -> Result<u64, StoreError> {
         let body = postcard::to_stdvec(&event).map_err(|e| StoreError::Encode(e.to_string()))?;

@@ -4,6 +4,7 @@
 //! restart it, and skip-or-fail for tests that need root or a tool.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod netns;
 pub mod notify;
 
 use std::fs;

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use hive_proto::operator::{
-    Approval, DirEntry, Health, OperatorRequest as Req, OperatorResponse as Resp, RpcError, WebCall,
+    Approval, DirEntry, Health, NetworkIsolation, OperatorRequest as Req, OperatorResponse as Resp,
+    RpcError, WebCall,
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, ErrorCode, ItemKind, Message, Question,
@@ -30,6 +31,8 @@ pub struct FakeState {
     pub files: BTreeMap<(String, String), Vec<u8>>,
     pub journal: Vec<String>,
     pub next_id: u64,
+    /// What `Health` reports about the nftables table.
+    pub network: NetworkIsolation,
 }
 
 /// The fake core.
@@ -139,6 +142,7 @@ impl FakeCore {
             .collect(),
             journal: vec!["alice started".into()],
             next_id: 100,
+            network: NetworkIsolation::Enforced { repairs: 0 },
         };
         Self {
             state: Mutex::new(state),
@@ -327,6 +331,7 @@ impl FakeCore {
                 agents: st.agents.len() as u32,
                 connected_agents: 0,
                 last_event_seq: 0,
+                network: st.network.clone(),
             })),
             Req::ApprovalDiff { .. } | Req::Audit { .. } => Err(RpcError::new(
                 ErrorCode::UnknownOp,
