@@ -23,6 +23,9 @@ pub struct Hub {
     mailboxes: Mutex<HashMap<Principal, broadcast::Sender<Arc<Message>>>>,
     events: broadcast::Sender<EventRecord>,
     connections: Mutex<HashMap<AgentName, u32>>,
+    /// When each agent last opened a connection or sent a line (Unix ms):
+    /// the supervisor's idle clock and the status row's last activity.
+    activity: Mutex<HashMap<AgentName, i64>>,
 }
 
 impl Default for Hub {
@@ -37,6 +40,7 @@ impl Hub {
             mailboxes: Mutex::new(HashMap::new()),
             events: broadcast::channel(EVENT_CHANNEL).0,
             connections: Mutex::new(HashMap::new()),
+            activity: Mutex::new(HashMap::new()),
         }
     }
 
@@ -70,12 +74,26 @@ impl Hub {
 
     /// Counts an open connection on an agent's socket; the guard uncounts it.
     pub fn connection_opened(self: &Arc<Self>, agent: &AgentName) -> ConnectionGuard {
+        self.touch(agent);
         let mut map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         *map.entry(agent.clone()).or_default() += 1;
         ConnectionGuard {
             hub: Arc::clone(self),
             agent: agent.clone(),
         }
+    }
+
+    /// Records traffic on `agent`'s socket now.
+    pub fn touch(&self, agent: &AgentName) {
+        let mut map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(agent.clone(), crate::now_ms());
+    }
+
+    /// When `agent`'s socket last saw traffic (Unix ms), if ever since the
+    /// daemon started.
+    pub fn last_activity(&self, agent: &AgentName) -> Option<i64> {
+        let map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(agent).copied()
     }
 
     pub fn connections(&self, agent: &AgentName) -> u32 {

@@ -84,6 +84,14 @@ pub enum Event {
         agent: AgentName,
         sha: String,
     },
+    /// An agent's container exited when it should not have. `reason` is a
+    /// sentence (exit status, signal, OOM); `restart_in_ms` is when the
+    /// supervisor starts it again, `None` when it stays down.
+    AgentCrashed {
+        agent: AgentName,
+        reason: String,
+        restart_in_ms: Option<u64>,
+    },
 }
 
 impl Event {
@@ -99,7 +107,8 @@ impl Event {
             | Event::ReminderFired { agent, .. }
             | Event::ReminderCancelled { agent, .. }
             | Event::ApprovalOpened { agent, .. }
-            | Event::AgentDeployed { agent, .. } => vec![agent],
+            | Event::AgentDeployed { agent, .. }
+            | Event::AgentCrashed { agent, .. } => vec![agent],
             Event::MessageSent { from, to, .. } => of(from).into_iter().chain(of(to)).collect(),
             Event::QuestionAsked { asker, to, .. } => of(asker).into_iter().chain(of(to)).collect(),
             Event::MessageAcked { by, .. } | Event::QuestionAnswered { by, .. } => {

@@ -126,6 +126,9 @@ pub enum ItemKind {
     /// (approved, or denied with the operator's reason). The body says
     /// which approval and how; `loose_ends` no longer lists it.
     ApprovalDecided,
+    /// For a `manager` agent: another agent's container exited when it
+    /// should not have (the body says which, why, and whether it restarts).
+    AgentCrashed,
 }
 
 impl ItemKind {
@@ -138,6 +141,7 @@ impl ItemKind {
             Self::QuestionCancelled => "question_cancelled",
             Self::Reminder => "reminder",
             Self::ApprovalDecided => "approval_decided",
+            Self::AgentCrashed => "agent_crashed",
         }
     }
 
@@ -150,6 +154,7 @@ impl ItemKind {
             "question_cancelled" => Self::QuestionCancelled,
             "reminder" => Self::Reminder,
             "approval_decided" => Self::ApprovalDecided,
+            "agent_crashed" => Self::AgentCrashed,
             _ => return None,
         })
     }

@@ -130,6 +130,7 @@ fn item_kind() -> impl Strategy<Value = ItemKind> {
         Just(ItemKind::QuestionCancelled),
         Just(ItemKind::Reminder),
         Just(ItemKind::ApprovalDecided),
+        Just(ItemKind::AgentCrashed),
     ]
 }
 
@@ -332,6 +333,13 @@ fn event() -> impl Strategy<Value = Event> {
             .prop_map(|(id, approved)| Event::ApprovalDecided { id, approved }),
         (any::<u64>(), name()).prop_map(|(id, agent)| Event::ApprovalOpened { id, agent }),
         (name(), "[0-9a-f]{40}").prop_map(|(agent, sha)| Event::AgentDeployed { agent, sha }),
+        (name(), text(), proptest::option::of(any::<u64>())).prop_map(
+            |(agent, reason, restart_in_ms)| Event::AgentCrashed {
+                agent,
+                reason,
+                restart_in_ms
+            }
+        ),
     ]
 }
 
@@ -688,6 +696,7 @@ fn event_kind(e: &Event) -> &'static str {
         Event::ApprovalDecided { .. } => "approval_decided",
         Event::ApprovalOpened { .. } => "approval_opened",
         Event::AgentDeployed { .. } => "agent_deployed",
+        Event::AgentCrashed { .. } => "agent_crashed",
     }
 }
 
@@ -726,7 +735,7 @@ fn strategies_cover_every_variant() {
     assert_eq!(kinds(admin_request(), admin_kind).len(), 3);
     assert_eq!(kinds(operator_response(), response_kind).len(), 15);
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
-    assert_eq!(kinds(event(), event_kind).len(), 14);
+    assert_eq!(kinds(event(), event_kind).len(), 15);
     // Every op the core serves is generated, and nothing else.
     let ops = kinds(agent_request(), agent_kind);
     assert_eq!(ops, agent::KNOWN_OPS.iter().copied().collect());

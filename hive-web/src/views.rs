@@ -541,6 +541,14 @@ pub fn describe(e: &Event) -> String {
         Event::AgentDeployed { agent, sha } => {
             format!("{agent} now runs config {}", sha.get(..12).unwrap_or(sha))
         }
+        Event::AgentCrashed {
+            agent,
+            reason,
+            restart_in_ms,
+        } => match restart_in_ms {
+            Some(ms) => format!("{agent} crashed ({reason}); restarting in {ms} ms"),
+            None => format!("{agent} crashed ({reason}); it stays down"),
+        },
     }
 }
 

@@ -410,6 +410,8 @@ impl State {
     }
 
     async fn line(&mut self, line: &[u8]) -> Result<(), Gone> {
+        // Any line is traffic, even a malformed one: the idle clock restarts.
+        self.hive.hub().touch(&self.agent);
         match agent::parse_request(line) {
             Err((id, err)) => self.send(ResponseLine::err(id, err).to_line()).await,
             Ok(RequestLine {

@@ -25,6 +25,7 @@
 mod audit;
 mod read;
 mod schema;
+mod supervision;
 mod tx;
 
 use std::any::Any;
@@ -43,6 +44,7 @@ use crate::Error;
 
 pub use audit::AuditReport;
 pub use read::Reader;
+pub use supervision::{CrashRecord, CrashRow};
 pub use tx::{NewMessage, NewQuestion, Tx};
 
 /// Most jobs the writer folds into one transaction.

@@ -47,6 +47,11 @@ impl<'a> Reader<'a> {
         Self { conn }
     }
 
+    /// The connection, for the store's other modules.
+    pub(super) fn conn(&self) -> &'a Connection {
+        self.conn
+    }
+
     pub fn unacked(
         &self,
         who: &Principal,

@@ -91,6 +91,20 @@ CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
     BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+-- Owned by the supervisor (`crate::supervision`): every unexpected exit of
+-- an agent's container, with the reason and its last journal lines (a JSON
+-- array); `restart_in_ms` NULL means it stayed down. Bounded per agent
+-- (`store::supervision::EXITS_KEPT`).
+CREATE TABLE IF NOT EXISTS supervision_exits (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent         TEXT NOT NULL,
+    at            INTEGER NOT NULL,
+    reason        TEXT NOT NULL,
+    journal_tail  TEXT NOT NULL,
+    restart_in_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS supervision_exits_agent ON supervision_exits(agent, id);
 "#;
 
 /// Settings and schema for the one writer connection.

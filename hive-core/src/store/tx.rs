@@ -113,6 +113,11 @@ impl<'a> Tx<'a> {
         self.now
     }
 
+    /// The transaction's connection, for the store's other modules.
+    pub(super) fn conn(&self) -> &Connection {
+        self.conn
+    }
+
     /// Reads inside the transaction (they see this job's own writes).
     pub fn reader(&self) -> Reader<'_> {
         Reader::new(self.conn)

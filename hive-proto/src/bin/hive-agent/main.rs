@@ -577,6 +577,10 @@ async fn react(client: &AgentClient, state: &mut Demo, m: Message) -> Result<(),
             soft(client.status(text).await)?;
         }
         ItemKind::QuestionCancelled => {}
+        ItemKind::AgentCrashed => {
+            let text = fit(&format!("demo: {}", m.body), MAX_STATUS);
+            soft(client.status(text).await)?;
+        }
     }
     Ok(())
 }

@@ -268,6 +268,14 @@ fn describe(e: &Event) -> String {
         ),
         Event::ApprovalOpened { id, agent } => format!("approval {id} for {agent} pending"),
         Event::AgentDeployed { agent, sha } => format!("{agent} deployed {sha}"),
+        Event::AgentCrashed {
+            agent,
+            reason,
+            restart_in_ms,
+        } => match restart_in_ms {
+            Some(ms) => format!("{agent} crashed: {reason}; restart in {ms} ms"),
+            None => format!("{agent} crashed: {reason}; stays down"),
+        },
     }
 }
 
