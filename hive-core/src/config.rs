@@ -58,6 +58,8 @@ pub struct RawConfig {
     pub event_retention: Option<u64>,
     /// `[network]`: agent addressing and the hive's nftables table.
     pub network: Option<RawNetwork>,
+    /// How the supervisor restarts agents whose policy is `on-failure`.
+    pub restart: Option<RawRestart>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
 }
@@ -76,6 +78,88 @@ pub struct RawNetwork {
     /// The interface agent egress leaves through (masqueraded); without it,
     /// any interface that is not an agent's.
     pub uplink: Option<String>,
+}
+
+/// `[restart]`: the backoff and the cap for `restart = "on-failure"`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRestart {
+    /// Delay before the first restart, in ms; doubles with each restart in
+    /// the window.
+    pub backoff_ms: Option<u64>,
+    /// Longest delay, in ms.
+    pub backoff_max_ms: Option<u64>,
+    /// Restarts allowed per window; one more crash leaves it `crashed`.
+    pub max: Option<u32>,
+    /// The window, in seconds.
+    pub window_s: Option<u64>,
+}
+
+/// The supervisor's restart settings, validated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RestartSettings {
+    pub backoff: std::time::Duration,
+    pub backoff_max: std::time::Duration,
+    pub max: u32,
+    pub window: std::time::Duration,
+}
+
+/// Default first restart delay.
+pub const DEFAULT_RESTART_BACKOFF_MS: u64 = 1_000;
+/// Default longest restart delay.
+pub const DEFAULT_RESTART_BACKOFF_MAX_MS: u64 = 60_000;
+/// Default restarts per window.
+pub const DEFAULT_MAX_RESTARTS: u32 = 5;
+/// Default restart window.
+pub const DEFAULT_RESTART_WINDOW_S: u64 = 600;
+/// Longest backoff or window accepted: one day.
+pub const MAX_RESTART_SPAN_S: u64 = 24 * 3600;
+
+impl Default for RestartSettings {
+    fn default() -> Self {
+        Self {
+            backoff: std::time::Duration::from_millis(DEFAULT_RESTART_BACKOFF_MS),
+            backoff_max: std::time::Duration::from_millis(DEFAULT_RESTART_BACKOFF_MAX_MS),
+            max: DEFAULT_MAX_RESTARTS,
+            window: std::time::Duration::from_secs(DEFAULT_RESTART_WINDOW_S),
+        }
+    }
+}
+
+fn validate_restart(raw: RawRestart) -> Result<RestartSettings, String> {
+    let span = MAX_RESTART_SPAN_S * 1000;
+    let backoff = raw.backoff_ms.unwrap_or(DEFAULT_RESTART_BACKOFF_MS);
+    let backoff_max = raw
+        .backoff_max_ms
+        .unwrap_or(DEFAULT_RESTART_BACKOFF_MAX_MS.max(backoff));
+    let window = raw.window_s.unwrap_or(DEFAULT_RESTART_WINDOW_S);
+    if !(1..=span).contains(&backoff) {
+        return Err(format!(
+            "restart.backoff_ms is {backoff}; between 1 and {span}"
+        ));
+    }
+    if backoff_max < backoff || backoff_max > span {
+        return Err(format!(
+            "restart.backoff_max_ms is {backoff_max}; between backoff_ms ({backoff}) and {span}"
+        ));
+    }
+    if !(1..=MAX_RESTART_SPAN_S).contains(&window) {
+        return Err(format!(
+            "restart.window_s is {window}; between 1 and {MAX_RESTART_SPAN_S}"
+        ));
+    }
+    let max = raw.max.unwrap_or(DEFAULT_MAX_RESTARTS);
+    if max == 0 || max > 1000 {
+        return Err(format!(
+            "restart.max is {max}; between 1 and 1000 (restart = \"never\" turns restarts off)"
+        ));
+    }
+    Ok(RestartSettings {
+        backoff: std::time::Duration::from_millis(backoff),
+        backoff_max: std::time::Duration::from_millis(backoff_max),
+        max,
+        window: std::time::Duration::from_secs(window),
+    })
 }
 
 /// One `[agents.<name>]` table.
@@ -416,6 +500,7 @@ pub struct Config {
     /// Agent addressing and egress (used by runtimes that give each agent
     /// its own network namespace).
     pub network: NetworkConfig,
+    pub restart: RestartSettings,
     pub agents: BTreeMap<AgentName, AgentPolicy>,
 }
 
@@ -475,6 +560,7 @@ impl Config {
             allow_unsandboxed: raw.allow_unsandboxed.unwrap_or(false),
             event_retention,
             network,
+            restart: validate_restart(raw.restart.unwrap_or_default())?,
             agents,
         })
     }
@@ -928,6 +1014,28 @@ mod tests {
             "allow_hosts \"example.com\"",
         );
         bad("command = []", "command must not be empty");
+    }
+
+    #[test]
+    fn restart_settings_default_and_refuse_nonsense() {
+        let c = parse("").unwrap();
+        assert_eq!(c.restart, RestartSettings::default());
+        let c = parse("[restart]\nbackoff_ms = 50\nmax = 2\nwindow_s = 60").unwrap();
+        assert_eq!(c.restart.backoff.as_millis(), 50);
+        assert_eq!(c.restart.backoff_max.as_millis(), 60_000);
+        assert_eq!(c.restart.max, 2);
+        for (body, want) in [
+            ("backoff_ms = 0", "restart.backoff_ms"),
+            (
+                "backoff_ms = 5000\nbackoff_max_ms = 10",
+                "restart.backoff_max_ms",
+            ),
+            ("max = 0", "restart.max"),
+            ("window_s = 0", "restart.window_s"),
+        ] {
+            let err = parse(&format!("[restart]\n{body}")).unwrap_err();
+            assert!(err.contains(want), "{body}: {err}");
+        }
     }
 
     #[test]

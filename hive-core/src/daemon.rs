@@ -7,7 +7,8 @@
 //! install the runtime, bind every socket (`admin.sock` last, so its
 //! existence means the daemon is ready), start the accept loops and the
 //! scheduler, tell systemd `READY=1` (under [`run`], see the READINESS HOOK
-//! in [`Daemon::start`]), then start the agents the runtime manages — a
+//! in [`Daemon::start`]), then let the runtime adopt what still runs and the
+//! [`Supervisor`] start the rest — a
 //! container that is slow to boot is reconciling, not the daemon being
 //! unready, and must not run into systemd's start timeout. Units ordered
 //! after `hive-core.service` start against a daemon that answers.
@@ -33,7 +34,8 @@ use crate::isolation::{Isolation, IsolationError};
 use crate::operator_socket::{self, AdminEndpoint, WebEndpoint, OPERATOR_SOCKET_MODE};
 use crate::peer::{self, PeerError};
 use crate::runtime::process::{ProcessRuntime, ProcessSettings, STOP_GRACE};
-use crate::runtime::{AgentSpec, Control, DetachedRuntime, Runtime, RuntimeError};
+use crate::runtime::{AgentSpec, DetachedRuntime, Runtime, RuntimeError};
+use crate::supervision::Supervisor;
 use crate::unix_socket::{self, SocketSetupError};
 use crate::{agent_socket, Error};
 
@@ -83,6 +85,7 @@ pub struct Daemon {
     hive: Hive,
     runtime: Arc<dyn Runtime>,
     isolation: Option<Isolation>,
+    supervisor: Supervisor,
     shutdown: CancellationToken,
     tracker: TaskTracker,
     sockets: Vec<PathBuf>,
@@ -125,10 +128,17 @@ impl Daemon {
             Some(rt) => rt,
             None => runtime_from_config(&config, opts.hide, isolation.clone())?,
         };
-        hive.set_runtime(Arc::new(Control(Arc::clone(&runtime))));
-
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        // The supervisor subscribes to the runtime's exits before anything
+        // starts, and is what the operator verbs reach the runtime through.
+        let supervisor = Supervisor::new(
+            hive.clone(),
+            Arc::clone(&runtime),
+            shutdown.clone(),
+            tracker.clone(),
+        );
+        hive.set_runtime(Arc::new(supervisor.clone()));
         let mut sockets = Vec::new();
 
         let agents = agent_socket::bind_all(&config)?;
@@ -181,7 +191,11 @@ impl Daemon {
             });
         }
 
+        // Adopted containers run already; reconcile (below) starts the rest.
         let adopted = runtime.adopt().await;
+        if !adopted.is_empty() {
+            tracing::info!(agents = ?adopted, "adopted running containers");
+        }
         // READINESS HOOK: everything `READY=1` promises is done by here — the
         // store is open and every socket accepts. Whatever else must hold
         // before a unit ordered after hive-core starts (the network
@@ -191,14 +205,7 @@ impl Daemon {
             notify_ready().await;
         }
 
-        for agent in runtime.autostart() {
-            if adopted.contains(&agent) {
-                continue;
-            }
-            if let Err(e) = runtime.start(&agent).await {
-                tracing::error!(agent = %agent, error = %e, "could not start agent");
-            }
-        }
+        supervisor.reconcile().await;
         tracing::info!(
             runtime_dir = %config.runtime_dir.display(),
             state_dir = %config.state_dir.display(),
@@ -210,6 +217,7 @@ impl Daemon {
             hive,
             runtime,
             isolation,
+            supervisor,
             shutdown,
             tracker,
             sockets,
@@ -222,6 +230,11 @@ impl Daemon {
 
     pub fn runtime(&self) -> &Arc<dyn Runtime> {
         &self.runtime
+    }
+
+    /// Applies config changes at run time ([`Supervisor::set_agent`]).
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
     }
 
     /// Stops accepting, stops the agents, waits for every handler (bounded

@@ -168,6 +168,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         allow_unsandboxed: false,
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,
         network: crate::config::NetworkConfig::default(),
+        restart: crate::config::RestartSettings::default(),
         agents,
     };
     let options = Options {

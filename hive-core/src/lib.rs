@@ -24,6 +24,7 @@ pub mod peer;
 pub mod repo;
 pub mod runtime;
 pub mod store;
+pub mod supervision;
 pub mod unix_socket;
 
 pub use error::Error;

@@ -16,6 +16,8 @@
 //! - `quota`: an agent flooding `send`/`status` is refused or coalesced
 //!   while others flow; what is stored for an agent is capped.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
+//! - `supervision`: crashes recorded, raised and reported to managers;
+//!   restart policies and their backoff cap; idle stop and wake on demand.
 //! - `mcp`: `hive-agent mcp` driven by the official MCP Python SDK.
 //! - `harness`: `hive-agent run`, the turn loop, with shell scripts as CMD.
 //! - `startup`: `check-config`, and `READY=1` only once the store is open
@@ -52,3 +54,5 @@ mod paths;
 mod quota;
 #[path = "core/startup.rs"]
 mod startup;
+#[path = "core/supervision.rs"]
+mod supervision;

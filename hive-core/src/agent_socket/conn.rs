@@ -410,15 +410,20 @@ impl State {
     }
 
     async fn line(&mut self, line: &[u8]) -> Result<(), Gone> {
-        // Any line is traffic, even a malformed one: the idle clock restarts.
-        self.hive.hub().touch(&self.agent);
+        // Every line but `recv` is traffic and restarts the idle clock
+        // (the supervisor's): waiting for mail is not work, so an agent
+        // parked in `recv` can still be stopped as idle.
         match agent::parse_request(line) {
-            Err((id, err)) => self.send(ResponseLine::err(id, err).to_line()).await,
+            Err((id, err)) => {
+                self.hive.hub().touch(&self.agent);
+                self.send(ResponseLine::err(id, err).to_line()).await
+            }
             Ok(RequestLine {
                 id,
                 req: AgentRequest::Recv { wait_ms, max },
             }) => self.recv(PendingRecv { id, max, wait_ms }).await,
             Ok(RequestLine { id, req }) => {
+                self.hive.hub().touch(&self.agent);
                 let hive = self.hive.clone();
                 let agent = self.agent.clone();
                 self.in_flight.push(Box::pin(async move {

@@ -48,8 +48,8 @@ impl Tx<'_> {
     /// Records a crash, raises [`Event::AgentCrashed`] and sends each
     /// manager an [`ItemKind::AgentCrashed`] notice.
     pub fn record_crash(&mut self, c: &CrashRecord) -> Result<u64, StoreError> {
-        let tail =
-            serde_json::to_string(&c.journal_tail).map_err(|e| StoreError::Encode(e.to_string()))?;
+        let tail = serde_json::to_string(&c.journal_tail)
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
         let restart = c.restart_in_ms.map(|ms| ms.min(i64::MAX as u64) as i64);
         let now = self.now();
         self.conn().execute(
@@ -109,12 +109,11 @@ impl Reader<'_> {
         })?;
         rows.map(|r| {
             let (id, at, reason, tail, restart) = r?;
-            let journal_tail =
-                serde_json::from_str(&tail).map_err(|e| StoreError::Corrupt {
-                    table: "supervision_exits",
-                    id,
-                    what: e.to_string(),
-                })?;
+            let journal_tail = serde_json::from_str(&tail).map_err(|e| StoreError::Corrupt {
+                table: "supervision_exits",
+                id,
+                what: e.to_string(),
+            })?;
             Ok(CrashRow {
                 id: id as u64,
                 agent: agent.clone(),
@@ -131,7 +130,10 @@ impl Reader<'_> {
 /// The manager's notice: who, why, what happens next, and the journal tail
 /// as far as it fits in one message body.
 fn notice(c: &CrashRecord) -> String {
-    let mut body = format!("agent {} crashed: {}; {}", c.agent, c.reason, c.restart_note);
+    let mut body = format!(
+        "agent {} crashed: {}; {}",
+        c.agent, c.reason, c.restart_note
+    );
     if !c.journal_tail.is_empty() {
         body.push_str("\nlast lines:");
         // Newest lines matter most: keep as many of the last ones as fit.
@@ -161,7 +163,9 @@ mod tests {
         let c = CrashRecord {
             agent: AgentName::new("bob").unwrap(),
             reason: "exited with status 3".into(),
-            journal_tail: (0..40).map(|i| format!("{i:04}{}", "x".repeat(4000))).collect(),
+            journal_tail: (0..40)
+                .map(|i| format!("{i:04}{}", "x".repeat(4000)))
+                .collect(),
             restart_in_ms: Some(1000),
             restart_note: "restarting in 1000 ms".into(),
             managers: vec![],

@@ -826,8 +826,9 @@ async fn hivectl_stop_start_pause_resume_and_restart_drive_a_real_agent() {
     wait_state(&clis, "alice", "running").await;
     assert!(
         crate::common::poll_until(|| starts() == before + 1).await,
-        "restart did not start it again: {} starts",
-        starts()
+        "restart did not start it again: {} starts (had {before})\ncore log:\n{}",
+        starts(),
+        clis.hive.log()
     );
 
     // Every action is in the audit log under the operator's name.
