@@ -617,6 +617,7 @@ fn describe_item(m: &Message) -> String {
         ItemKind::QuestionCancelled => format!("question {q} from {} was withdrawn", m.from),
         ItemKind::Reminder => "reminder".into(),
         ItemKind::ApprovalDecided => "approval decided".into(),
+        ItemKind::AgentCrashed => "another agent crashed (you are a manager)".into(),
     }
 }
 
