@@ -23,6 +23,7 @@ pub mod operator_socket;
 pub mod peer;
 pub mod repo;
 pub mod runtime;
+pub mod secrets;
 pub mod store;
 pub mod supervision;
 pub mod unix_socket;

@@ -24,6 +24,8 @@
 //!   and every socket accepts.
 //! - `isolation`: the hive's nftables table and agent addressing, with real
 //!   network namespaces, veth pairs and `nft` (as root).
+//! - `secrets`: `hivectl secret` and `--secret-env`: the value in its one
+//!   file and in the environment of the one command, nowhere else.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -48,6 +50,9 @@ mod isolation;
 mod mcp;
 #[path = "core/operator.rs"]
 mod operator;
+#[path = "core/secrets.rs"]
+mod secrets;
+
 #[path = "core/paths.rs"]
 mod paths;
 #[path = "core/quota.rs"]

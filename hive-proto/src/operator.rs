@@ -18,7 +18,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::EventRecord;
-use crate::name::{AgentName, RelPath};
+use crate::name::{AgentName, RelPath, SecretKey};
 pub use crate::view::Approval;
 use crate::view::{AgentDetail, AgentSummary, AuditEntry, ErrorCode, Message, Principal, Question};
 
@@ -106,6 +106,33 @@ pub enum AdminRequest {
     /// (state, socket dir), refusing any path that resolves outside them.
     /// Admin only: the dashboard never deletes an agent's files.
     Purge { name: AgentName },
+    /// Store (or replace) the agent's secret `key`. Admin only, so the
+    /// value never passes through the gateway; the audit log records the
+    /// agent, the key and who, never the value.
+    SecretSet {
+        agent: AgentName,
+        key: SecretKey,
+        value: SecretValue,
+    },
+    /// The names of the agent's secrets (never their values).
+    SecretList { agent: AgentName },
+    /// Remove the agent's secret `key`.
+    SecretRemove { agent: AgentName, key: SecretKey },
+}
+
+/// Most bytes of one secret's value.
+pub const MAX_SECRET_BYTES: usize = 64 * 1024;
+
+/// A secret's value on the wire. Its `Debug` shows only its length, so a
+/// request that is logged never logs the value; there is no `Display`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValue(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretValue({} bytes, redacted)", self.0.len())
+    }
 }
 
 /// A lifecycle action on an agent's container.
@@ -297,6 +324,8 @@ pub enum OperatorResponse {
         head: String,
     },
     Health(Health),
+    /// The names of an agent's secrets, sorted.
+    Secrets(Vec<SecretKey>),
 }
 
 /// A refused call.

@@ -20,14 +20,14 @@ use hive_proto::codec::{decode_frame, FrameCodec};
 use hive_proto::event::{Event, EventRecord};
 use hive_proto::operator::{
     AdminRequest, Approval, ClientFrame, ConfigRev, DirEntry, Health, Hello, HelloReply,
-    LifecycleAction, NetworkIsolation, OperatorRequest, OperatorResponse, RpcError, ServerFrame,
-    Version, WebCall,
+    LifecycleAction, NetworkIsolation, OperatorRequest, OperatorResponse, RpcError, SecretValue,
+    ServerFrame, Version, WebCall,
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, AuditEntry, ErrorCode, ItemKind,
     Message, Question, QuestionState, Reminder, RunState,
 };
-use hive_proto::{AgentName, Principal, Recipient, RelPath, PROTO_VERSION};
+use hive_proto::{AgentName, Principal, Recipient, RelPath, SecretKey, PROTO_VERSION};
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::TestRunner;
@@ -62,6 +62,10 @@ fn hex(bytes: &[u8]) -> String {
 fn text() -> impl Strategy<Value = String> {
     // Any Unicode, including control characters and quotes.
     "\\PC{0,12}|.{0,6}"
+}
+
+fn secret_key() -> impl Strategy<Value = SecretKey> {
+    "[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}".prop_map(|s| SecretKey::new(&s).expect("valid key"))
 }
 
 fn name() -> impl Strategy<Value = AgentName> {
@@ -390,6 +394,18 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
         operator_request().prop_map(AdminRequest::Operator),
         Just(AdminRequest::AuditVerify),
         name().prop_map(|name| AdminRequest::Purge { name }),
+        (
+            name(),
+            secret_key(),
+            prop::collection::vec(any::<u8>(), 0..64)
+        )
+            .prop_map(|(agent, key, value)| AdminRequest::SecretSet {
+                agent,
+                key,
+                value: SecretValue(value)
+            }),
+        name().prop_map(|agent| AdminRequest::SecretList { agent }),
+        (name(), secret_key()).prop_map(|(agent, key)| AdminRequest::SecretRemove { agent, key }),
     ]
 }
 
@@ -518,9 +534,10 @@ fn operator_response() -> impl Strategy<Value = OperatorResponse> {
         )
             .prop_map(|(sha, files)| O::Config { sha, files }),
         text().prop_map(O::Diff),
-        prop::collection::vec(audit_entry(), few).prop_map(O::Audit),
+        prop::collection::vec(audit_entry(), few.clone()).prop_map(O::Audit),
         (any::<u64>(), "[0-9a-f]{64}").prop_map(|(rows, head)| O::AuditVerified { rows, head }),
         health().prop_map(O::Health),
+        prop::collection::vec(secret_key(), few.clone()).prop_map(O::Secrets),
     ]
 }
 
@@ -645,6 +662,9 @@ fn admin_kind(r: &AdminRequest) -> &'static str {
         AdminRequest::Operator(_) => "operator",
         AdminRequest::AuditVerify => "audit_verify",
         AdminRequest::Purge { .. } => "purge",
+        AdminRequest::SecretSet { .. } => "secret_set",
+        AdminRequest::SecretList { .. } => "secret_list",
+        AdminRequest::SecretRemove { .. } => "secret_remove",
     }
 }
 
@@ -666,6 +686,7 @@ fn response_kind(r: &OperatorResponse) -> &'static str {
         O::Audit(_) => "audit",
         O::AuditVerified { .. } => "audit_verified",
         O::Health(_) => "health",
+        O::Secrets(_) => "secrets",
     }
 }
 
@@ -732,8 +753,8 @@ fn kinds<T: std::fmt::Debug>(
 #[test]
 fn strategies_cover_every_variant() {
     assert_eq!(kinds(operator_request(), request_kind).len(), 17);
-    assert_eq!(kinds(admin_request(), admin_kind).len(), 3);
-    assert_eq!(kinds(operator_response(), response_kind).len(), 15);
+    assert_eq!(kinds(admin_request(), admin_kind).len(), 6);
+    assert_eq!(kinds(operator_response(), response_kind).len(), 16);
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
     assert_eq!(kinds(event(), event_kind).len(), 15);
     // Every op the core serves is generated, and nothing else.

@@ -11,6 +11,7 @@ use hive_proto::operator::{AdminRequest, OperatorResponse, RpcError};
 use super::Endpoint;
 use crate::hive::{Hive, OperatorId};
 use crate::peer::{self, PeerCred};
+use crate::secrets;
 
 /// The admin socket's peer policy.
 #[derive(Clone, Debug)]
@@ -102,6 +103,13 @@ impl Endpoint for AdminEndpoint {
             AdminRequest::Operator(req) => hive.operator_call(&caller, req).await,
             AdminRequest::AuditVerify => hive.audit_verify(&caller).await,
             AdminRequest::Purge { name } => hive.purge(&caller, name).await,
+            AdminRequest::SecretSet { agent, key, value } => {
+                secrets::set(&hive, &caller, agent, key, value).await
+            }
+            AdminRequest::SecretList { agent } => secrets::list(&hive, agent).await,
+            AdminRequest::SecretRemove { agent, key } => {
+                secrets::remove(&hive, &caller, agent, key).await
+            }
         };
         result.map_err(RpcError::from)
     }

@@ -529,9 +529,7 @@ mod tests {
                         ErrorCode::Conflict,
                         "audit row 3 does not match its hash",
                     )),
-                    AdminRequest::Operator(_) | AdminRequest::Purge { .. } => {
-                        Ok(OperatorResponse::Done)
-                    }
+                    _ => Ok(OperatorResponse::Done),
                 };
                 conn.send(ServerFrame::Reply { id, result }).await.unwrap();
             }

@@ -87,6 +87,7 @@ pub fn response_name(r: &OperatorResponse) -> &'static str {
         OperatorResponse::Audit(_) => "Audit",
         OperatorResponse::AuditVerified { .. } => "AuditVerified",
         OperatorResponse::Health(_) => "Health",
+        OperatorResponse::Secrets(_) => "Secrets",
     }
 }
 

@@ -21,8 +21,10 @@ use clap::{Parser, Subcommand};
 use hive_proto::client::operator::{subscribe_as, OperatorClient, Streamed};
 use hive_proto::client::ClientError;
 use hive_proto::command_line;
-use hive_proto::operator::{AdminRequest, LifecycleAction, OperatorRequest, OperatorResponse};
-use hive_proto::{AgentName, Principal};
+use hive_proto::operator::{
+    AdminRequest, LifecycleAction, OperatorRequest, OperatorResponse, SecretValue, MAX_SECRET_BYTES,
+};
+use hive_proto::{AgentName, Principal, SecretKey};
 use serde::Serialize;
 
 /// Where the admin socket lives on a host set up by the NixOS module.
@@ -106,6 +108,11 @@ enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// An agent's secrets, mounted at /run/secrets/KEY in its container.
+    Secret {
+        #[command(subcommand)]
+        action: SecretCmd,
+    },
     /// Print the audit log, or verify its hash chain (`audit verify`).
     Audit {
         #[command(subcommand)]
@@ -117,6 +124,17 @@ enum Cmd {
         #[arg(long)]
         limit: Option<u64>,
     },
+}
+
+#[derive(Subcommand)]
+enum SecretCmd {
+    /// Store (or replace) AGENT's secret KEY; the value is read from stdin,
+    /// never from the command line.
+    Set { agent: AgentName, key: SecretKey },
+    /// List the names of AGENT's secrets (never their values).
+    List { agent: AgentName },
+    /// Remove AGENT's secret KEY.
+    Rm { agent: AgentName, key: SecretKey },
 }
 
 #[derive(Subcommand)]
@@ -247,9 +265,82 @@ async fn run(cli: Cli) -> Result<()> {
                 other => return unexpected(other),
             }
         }
+        Cmd::Secret { action } => secret(&client, json, action).await?,
         Cmd::Events { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// `secret set|list|rm`: admin verbs only, the value read from stdin.
+async fn secret(
+    client: &OperatorClient<AdminRequest>,
+    json: bool,
+    action: SecretCmd,
+) -> Result<()> {
+    match action {
+        SecretCmd::Set { agent, key } => {
+            let value = SecretValue(read_secret_value()?);
+            let req = AdminRequest::SecretSet {
+                agent: agent.clone(),
+                key: key.clone(),
+                value,
+            };
+            match client.call(req).await? {
+                OperatorResponse::Done => done(
+                    json,
+                    serde_json::json!({ "agent": agent, "secret": key, "action": "set" }),
+                    || format!("set secret {key} of {agent}"),
+                ),
+                other => unexpected(other),
+            }
+        }
+        SecretCmd::List { agent } => match client.call(AdminRequest::SecretList { agent }).await? {
+            OperatorResponse::Secrets(keys) => print(json, keys.as_slice(), |keys| {
+                keys.iter().map(|k| format!("{k}\n")).collect()
+            }),
+            other => unexpected(other),
+        },
+        SecretCmd::Rm { agent, key } => {
+            let req = AdminRequest::SecretRemove {
+                agent: agent.clone(),
+                key: key.clone(),
+            };
+            match client.call(req).await? {
+                OperatorResponse::Done => done(
+                    json,
+                    serde_json::json!({ "agent": agent, "secret": key, "action": "rm" }),
+                    || format!("removed secret {key} of {agent}"),
+                ),
+                other => unexpected(other),
+            }
+        }
+    }
+}
+
+/// The secret from stdin, refusing a terminal (it would echo the value)
+/// and anything over the limit, before anything is sent.
+fn read_secret_value() -> Result<Vec<u8>> {
+    use std::io::{IsTerminal, Read};
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        bail!(
+            "the secret is read from stdin, and stdin is a terminal (it would echo): pipe it in, \
+             e.g. `read -rs V && printf %s \"$V\" | hivectl secret set AGENT KEY`"
+        );
+    }
+    let mut value = Vec::new();
+    stdin
+        .lock()
+        .take(MAX_SECRET_BYTES as u64 + 1)
+        .read_to_end(&mut value)
+        .context("reading the secret from stdin")?;
+    if value.len() > MAX_SECRET_BYTES {
+        bail!("the secret on stdin is over {MAX_SECRET_BYTES} bytes; nothing was stored");
+    }
+    if value.is_empty() {
+        bail!("stdin was empty; nothing was stored");
+    }
+    Ok(value)
 }
 
 /// One lifecycle action; prints what was done once the core says it is.
