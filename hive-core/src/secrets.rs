@@ -279,13 +279,7 @@ pub async fn set(
     key: SecretKey,
     value: SecretValue,
 ) -> Result<OperatorResponse, Refusal> {
-    known(hive, &agent)?;
-    let store = SecretStore::new(&hive.config().state_dir);
-    let actor = who.actor();
-    let detail = format!("agent={agent} key={key}");
-    hive.store()
-        .write(move |tx| tx.audit(&actor, "secret_set", &detail))
-        .await?;
+    let store = audited(hive, who, "secret_set", &agent, &key).await?;
     blocking(move || store.set(&agent, &key, &value.0)).await?;
     Ok(OperatorResponse::Done)
 }
@@ -305,15 +299,27 @@ pub async fn remove(
     agent: AgentName,
     key: SecretKey,
 ) -> Result<OperatorResponse, Refusal> {
-    known(hive, &agent)?;
-    let store = SecretStore::new(&hive.config().state_dir);
+    let store = audited(hive, who, "secret_remove", &agent, &key).await?;
+    blocking(move || store.remove(&agent, &key)).await?;
+    Ok(OperatorResponse::Done)
+}
+
+/// Checks the agent, writes the audit row (agent, key, who: never the
+/// value), and hands back the store to act on.
+async fn audited(
+    hive: &Hive,
+    who: &OperatorId,
+    action: &'static str,
+    agent: &AgentName,
+    key: &SecretKey,
+) -> Result<SecretStore, Refusal> {
+    known(hive, agent)?;
     let actor = who.actor();
     let detail = format!("agent={agent} key={key}");
     hive.store()
-        .write(move |tx| tx.audit(&actor, "secret_remove", &detail))
+        .write(move |tx| tx.audit(&actor, action, &detail))
         .await?;
-    blocking(move || store.remove(&agent, &key)).await?;
-    Ok(OperatorResponse::Done)
+    Ok(SecretStore::new(&hive.config().state_dir))
 }
 
 fn known(hive: &Hive, agent: &AgentName) -> Result<(), Refusal> {
