@@ -29,6 +29,10 @@
           # Every binary of the workspace: hive-core, hive-web, hivectl,
           # hive-agent.
           cargoBuildFlags = [ "--workspace" ];
+          # libgit2 (the config repo) and SQLite are built vendored by their
+          # crates with the C compiler; pkg-config lets libz-sys use zlib.
+          nativeBuildInputs = [ pkgs.pkg-config ];
+          buildInputs = [ pkgs.zlib ];
           # The integration tests need root, chromium and network
           # namespaces; they run in scripts/test-all.sh and the VM test, not
           # in the sandboxed package build.

@@ -494,6 +494,10 @@ in
       wantedBy = [ "multi-user.target" ];
       after = [ "network.target" ];
       restartTriggers = [ coreConfigFile ];
+      # What the core runs by name: bwrap (the process runtime's sandbox),
+      # nft and ip (the network isolation of issue 9). systemd-nspawn comes
+      # with the unit's default path (systemd).
+      path = [ pkgs.bubblewrap pkgs.nftables pkgs.iproute2 ];
       # hive-core is root on purpose: it creates containers, network
       # namespaces, nftables rules and cgroups, and binds the sockets others
       # reach. Its unit keeps what a container manager needs; see

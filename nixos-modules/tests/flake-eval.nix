@@ -24,7 +24,7 @@ let
     testers.runNixOSTest = t: fakeDrv "runNixOSTest" t;
     nixfmt-rfc-style = fakeDrv "nixfmt" { name = "nixfmt-rfc-style"; };
     systemd = fakeDrv "systemd" { name = "systemd"; };
-  } // lib.genAttrs [ "cargo" "rustc" "clippy" "rustfmt" "sqlite" "nftables" "bubblewrap" "iproute2" "chromium" "chromedriver" "nix" ]
+  } // lib.genAttrs [ "cargo" "rustc" "clippy" "rustfmt" "sqlite" "nftables" "bubblewrap" "iproute2" "chromium" "chromedriver" "nix" "pkg-config" "zlib" ]
     (n: fakeDrv n { name = n; });
   nixpkgs = {
     lib = lib // { nixosSystem = _: throw "nixosSystem is not evaluated here"; };

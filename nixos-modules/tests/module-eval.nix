@@ -167,6 +167,8 @@ let
     (eq "${caseName}: hive-core restarts on failure" (core r).Restart "on-failure")
     (eq "${caseName}: hive-core restarts when its config changes"
       (map toString r.services.hive-core.restartTriggers) [ r.configFile.outPath ])
+    (eq "${caseName}: hive-core finds bwrap, nft and ip on its PATH"
+      (map (p: p.name) r.services.hive-core.path) [ "bubblewrap-0.11.0" "nftables-1.1.5" "iproute2-6.17.0" ])
     (eq "${caseName}: hive-core is wanted by multi-user.target" r.services.hive-core.wantedBy [ "multi-user.target" ])
     (eq "${caseName}: hive-web comes after the core" r.services.hive-web.after [ "hive-core.service" "network.target" ])
     (eq "${caseName}: hive-web requires the core" r.services.hive-web.requires [ "hive-core.service" ])

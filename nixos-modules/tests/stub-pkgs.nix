@@ -69,4 +69,7 @@ in
 
   hyperhive = fakeDerivation "hyperhive-0.1.0" "hyperhive" { version = "0.1.0"; };
   tailscale = fakeDerivation "tailscale-1.90.0" "tailscale" { version = "1.90.0"; };
+  bubblewrap = fakeDerivation "bubblewrap-0.11.0" "bubblewrap" { };
+  nftables = fakeDerivation "nftables-1.1.5" "nftables" { };
+  iproute2 = fakeDerivation "iproute2-6.17.0" "iproute2" { };
 }
