@@ -80,6 +80,7 @@ let
     pool4 = cfg.network.pool4;
     pool6 = cfg.network.pool6;
     resolver = cfg.network.resolver;
+    uplink = cfg.network.uplink;
   };
 
   coreConfigFile = toml.generate "hive-core.toml" cfg.settings;
@@ -304,6 +305,12 @@ in
         example = "192.0.2.53";
         description = "The DNS resolver agents are given (`[network] resolver`); null keeps the core's default.";
       };
+      uplink = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "eth0";
+        description = "The interface agent egress leaves through, masqueraded (`[network] uplink`); null: any interface that is not an agent's.";
+      };
     };
 
     web = {
@@ -495,9 +502,9 @@ in
       after = [ "network.target" ];
       restartTriggers = [ coreConfigFile ];
       # What the core runs by name: bwrap (the process runtime's sandbox),
-      # nft and ip (the network isolation of issue 9). systemd-nspawn comes
+      # nft, ip and nsenter (the network isolation). systemd-nspawn comes
       # with the unit's default path (systemd).
-      path = [ pkgs.bubblewrap pkgs.nftables pkgs.iproute2 ];
+      path = [ pkgs.bubblewrap pkgs.nftables pkgs.iproute2 pkgs.util-linux ];
       # hive-core is root on purpose: it creates containers, network
       # namespaces, nftables rules and cgroups, and binds the sockets others
       # reach. Its unit keeps what a container manager needs; see

@@ -197,9 +197,9 @@ impl Daemon {
             tracing::info!(agents = ?adopted, "adopted running containers");
         }
         // READINESS HOOK: everything `READY=1` promises is done by here — the
-        // store is open and every socket accepts. Whatever else must hold
-        // before a unit ordered after hive-core starts (the network
-        // isolation table of issue 9) is installed above this line, so that
+        // store is open, every socket accepts and the isolation table is in
+        // (`start_isolation` above). Whatever else must hold before a unit
+        // ordered after hive-core starts goes above this line too, so that
         // no agent starts and no READY=1 is sent before it.
         if opts.notify_systemd {
             notify_ready().await;

@@ -31,7 +31,7 @@ let
       allowUnsandboxed = true;
       stopTimeout = 30;
       adminUsers = [ "alice" ];
-      network = { pool4 = "10.213.0.0/16"; pool6 = "fd68:6976:6500::/48"; resolver = "192.0.2.53"; };
+      network = { pool4 = "10.213.0.0/16"; pool6 = "fd68:6976:6500::/48"; resolver = "192.0.2.53"; uplink = "eth0"; };
       web = {
         port = 8443;
         publicHosts = [ "hive.example-tailnet.ts.net" ];
@@ -167,8 +167,8 @@ let
     (eq "${caseName}: hive-core restarts on failure" (core r).Restart "on-failure")
     (eq "${caseName}: hive-core restarts when its config changes"
       (map toString r.services.hive-core.restartTriggers) [ r.configFile.outPath ])
-    (eq "${caseName}: hive-core finds bwrap, nft and ip on its PATH"
-      (map (p: p.name) r.services.hive-core.path) [ "bubblewrap-0.11.0" "nftables-1.1.5" "iproute2-6.17.0" ])
+    (eq "${caseName}: hive-core finds bwrap, nft, ip and nsenter on its PATH"
+      (map (p: p.name) r.services.hive-core.path) [ "bubblewrap-0.11.0" "nftables-1.1.5" "iproute2-6.17.0" "util-linux-2.41.2" ])
     (eq "${caseName}: hive-core is wanted by multi-user.target" r.services.hive-core.wantedBy [ "multi-user.target" ])
     (eq "${caseName}: hive-web comes after the core" r.services.hive-web.after [ "hive-core.service" "network.target" ])
     (eq "${caseName}: hive-web requires the core" r.services.hive-web.requires [ "hive-core.service" ])
@@ -247,6 +247,7 @@ let
     pool4 = "10.213.0.0/16"
     pool6 = "fd68:6976:6500::/48"
     resolver = "192.0.2.53"
+    uplink = "eth0"
   '';
 
   checks =

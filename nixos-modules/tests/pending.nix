@@ -7,5 +7,4 @@
 [
   { path = [ "runtime" ]; awaits = "issue 7 (containers): the nixos-container and nspawn runtimes"; }
   { path = [ "stop_timeout" ]; awaits = "issue 7 (containers): stop_timeout"; }
-  { path = [ "network" ]; awaits = "issue 9 (network isolation): [network] pool4, pool6, resolver"; }
 ]

@@ -72,4 +72,5 @@ in
   bubblewrap = fakeDerivation "bubblewrap-0.11.0" "bubblewrap" { };
   nftables = fakeDerivation "nftables-1.1.5" "nftables" { };
   iproute2 = fakeDerivation "iproute2-6.17.0" "iproute2" { };
+  util-linux = fakeDerivation "util-linux-2.41.2" "util-linux" { };
 }
