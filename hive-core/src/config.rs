@@ -60,6 +60,11 @@ pub struct RawConfig {
     pub network: Option<RawNetwork>,
     /// How the supervisor restarts agents whose policy is `on-failure`.
     pub restart: Option<RawRestart>,
+    /// Seconds between a stop's SIGTERM and its SIGKILL (default
+    /// [`DEFAULT_STOP_TIMEOUT_S`]).
+    pub stop_timeout: Option<u64>,
+    /// Where container runtimes take each agent's uid range from.
+    pub uid_pool: Option<RawUidPool>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
 }
@@ -162,6 +167,15 @@ fn validate_restart(raw: RawRestart) -> Result<RestartSettings, String> {
     })
 }
 
+/// `[uid_pool] start = 1048576, count = 4096`: `count` ranges of
+/// [`UID_RANGE_SIZE`] host uids from `start`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUidPool {
+    pub start: Option<u64>,
+    pub count: Option<u64>,
+}
+
 /// One `[agents.<name>]` table.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +235,57 @@ pub enum RuntimeKind {
     Process,
     /// Nothing is started: sockets exist and agents attach by hand.
     Detached,
+    /// `systemd-nspawn` containers driven directly (DESIGN §5).
+    Nspawn,
+}
+
+impl RuntimeKind {
+    /// As the config and `Health` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Detached => "detached",
+            Self::Nspawn => "nspawn",
+        }
+    }
+}
+
+/// Host uids in one agent's user namespace (64 Ki: uid 0 to 65535 inside).
+pub const UID_RANGE_SIZE: u32 = 65536;
+/// Default first host uid of the pool (16 ranges above 0, clear of any
+/// normal user's uid).
+pub const DEFAULT_UID_POOL_START: u32 = 1_048_576;
+/// Default number of ranges in the pool.
+pub const DEFAULT_UID_POOL_COUNT: u32 = 4096;
+/// Default seconds between SIGTERM and SIGKILL when an agent is stopped.
+pub const DEFAULT_STOP_TIMEOUT_S: u64 = 10;
+/// Longest `stop_timeout` accepted, in seconds.
+pub const MAX_STOP_TIMEOUT_S: u64 = 600;
+
+/// The host uids container runtimes hand out, one [`UID_RANGE_SIZE`] range
+/// per agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UidPool {
+    /// First host uid of range 0; a multiple of [`UID_RANGE_SIZE`].
+    pub start: u32,
+    /// How many ranges.
+    pub count: u32,
+}
+
+impl Default for UidPool {
+    fn default() -> Self {
+        Self {
+            start: DEFAULT_UID_POOL_START,
+            count: DEFAULT_UID_POOL_COUNT,
+        }
+    }
+}
+
+impl UidPool {
+    /// The base uid of range `index` (`index < count`).
+    pub fn base(&self, index: u32) -> u32 {
+        self.start + index * UID_RANGE_SIZE
+    }
 }
 
 impl RuntimeKind {
@@ -229,6 +294,7 @@ impl RuntimeKind {
     pub fn private_network(self) -> bool {
         match self {
             Self::Process | Self::Detached => false,
+            Self::Nspawn => true,
         }
     }
 }
@@ -501,6 +567,9 @@ pub struct Config {
     /// its own network namespace).
     pub network: NetworkConfig,
     pub restart: RestartSettings,
+    /// Between a stop's SIGTERM and its SIGKILL.
+    pub stop_timeout: std::time::Duration,
+    pub uid_pool: UidPool,
     pub agents: BTreeMap<AgentName, AgentPolicy>,
 }
 
@@ -526,12 +595,20 @@ impl Config {
         let runtime = match raw.runtime.as_deref().unwrap_or("process") {
             "process" => RuntimeKind::Process,
             "detached" | "none" => RuntimeKind::Detached,
+            "nspawn" => RuntimeKind::Nspawn,
             other => {
                 return Err(format!(
-                    "runtime {other:?} is not available (choose process or detached)"
+                    "runtime {other:?} is not available (choose nspawn, process or detached)"
                 ))
             }
         };
+        let stop_timeout = raw.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT_S);
+        if !(1..=MAX_STOP_TIMEOUT_S).contains(&stop_timeout) {
+            return Err(format!(
+                "stop_timeout is {stop_timeout} seconds; between 1 and {MAX_STOP_TIMEOUT_S}"
+            ));
+        }
+        let uid_pool = validate_uid_pool(raw.uid_pool.unwrap_or_default())?;
         let event_retention = raw.event_retention.unwrap_or(DEFAULT_EVENT_RETENTION);
         if event_retention < MIN_EVENT_RETENTION {
             return Err(format!(
@@ -561,6 +638,8 @@ impl Config {
             event_retention,
             network,
             restart: validate_restart(raw.restart.unwrap_or_default())?,
+            stop_timeout: std::time::Duration::from_secs(stop_timeout),
+            uid_pool,
             agents,
         })
     }
@@ -807,6 +886,34 @@ fn validate_quotas(raw: &RawQuotas, q: &mut Quotas) -> Result<(), String> {
     Ok(())
 }
 
+/// `[uid_pool]`: `start` a multiple of [`UID_RANGE_SIZE`] and at least one
+/// range (uid 0's range is the host's own), at least one range, and the
+/// last uid below 2^32 - 1 (`(uid_t)-1` means "no uid").
+fn validate_uid_pool(raw: RawUidPool) -> Result<UidPool, String> {
+    let size = u64::from(UID_RANGE_SIZE);
+    let start = raw.start.unwrap_or(u64::from(DEFAULT_UID_POOL_START));
+    let count = raw.count.unwrap_or(u64::from(DEFAULT_UID_POOL_COUNT));
+    if start < size || !start.is_multiple_of(size) {
+        return Err(format!(
+            "uid_pool.start is {start}; a multiple of {size} and at least {size}"
+        ));
+    }
+    if count == 0 {
+        return Err("uid_pool.count must be at least 1".into());
+    }
+    let end = start + count.saturating_mul(size);
+    if end > u64::from(u32::MAX) {
+        return Err(format!(
+            "uid_pool: {count} ranges from {start} end past the last uid ({})",
+            u32::MAX - 1
+        ));
+    }
+    Ok(UidPool {
+        start: start as u32,
+        count: count as u32,
+    })
+}
+
 /// Smallest memory limit accepted: below this an agent cannot even start.
 pub const MIN_MEMORY_LIMIT: u64 = 16 << 20;
 
@@ -883,6 +990,14 @@ mod tests {
             parse("event_retention = 5000").unwrap().event_retention,
             5000
         );
+        assert_eq!(c.stop_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(c.uid_pool, UidPool::default());
+        let n =
+            parse("runtime = \"nspawn\"\nstop_timeout = 3\n[uid_pool]\nstart = 131072\ncount = 2")
+                .unwrap();
+        assert_eq!(n.runtime, RuntimeKind::Nspawn);
+        assert_eq!(n.stop_timeout, std::time::Duration::from_secs(3));
+        assert_eq!((n.uid_pool.base(0), n.uid_pool.base(1)), (131072, 196608));
     }
 
     #[test]
@@ -898,6 +1013,21 @@ mod tests {
         assert!(parse("event_retention = 999")
             .unwrap_err()
             .contains("at least 1000"));
+        assert!(parse("stop_timeout = 0")
+            .unwrap_err()
+            .contains("stop_timeout"));
+        assert!(parse("[uid_pool]\nstart = 1000")
+            .unwrap_err()
+            .contains("multiple of 65536"));
+        assert!(parse("[uid_pool]\nstart = 0")
+            .unwrap_err()
+            .contains("uid_pool.start"));
+        assert!(parse("[uid_pool]\ncount = 0")
+            .unwrap_err()
+            .contains("uid_pool.count"));
+        assert!(parse("[uid_pool]\ncount = 70000")
+            .unwrap_err()
+            .contains("past the last uid"));
     }
 
     #[test]

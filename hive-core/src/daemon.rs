@@ -19,11 +19,13 @@
 //! [`SHUTDOWN_GRACE`]), then close the store, so every reply a peer saw was
 //! committed first. This module must never serve a request itself.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hive_proto::AgentName;
 use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -33,8 +35,10 @@ use crate::hive::Hive;
 use crate::isolation::{Isolation, IsolationError};
 use crate::operator_socket::{self, AdminEndpoint, WebEndpoint, OPERATOR_SOCKET_MODE};
 use crate::peer::{self, PeerError};
+use crate::runtime::nspawn::{NspawnRuntime, NspawnSettings, NspawnUnavailable};
 use crate::runtime::process::{ProcessRuntime, ProcessSettings, STOP_GRACE};
 use crate::runtime::{AgentSpec, DetachedRuntime, Runtime, RuntimeError};
+use crate::store::Store;
 use crate::supervision::Supervisor;
 use crate::unix_socket::{self, SocketSetupError};
 use crate::{agent_socket, Error};
@@ -62,8 +66,13 @@ pub enum DaemonError {
     WebUser { user: String, source: PeerError },
     #[error(transparent)]
     Isolation(#[from] IsolationError),
-    #[error("agent {agent}: the process runtime needs a `command` to run it")]
-    NoCommand { agent: String },
+    #[error("agent {agent}: the {runtime} runtime needs a `command` to run it")]
+    NoCommand {
+        runtime: &'static str,
+        agent: String,
+    },
+    #[error(transparent)]
+    Nspawn(#[from] NspawnUnavailable),
 }
 
 /// What the caller may decide instead of the config.
@@ -78,6 +87,9 @@ pub struct Options {
     pub notify_systemd: bool,
     /// The programs isolation runs (`nft`, `ip`, `nsenter`).
     pub tools: crate::isolation::Tools,
+    /// Stop containers when the daemon exits (`dev`) instead of leaving
+    /// them for the next daemon to adopt.
+    pub stop_containers_on_exit: bool,
 }
 
 /// A started daemon.
@@ -126,7 +138,13 @@ impl Daemon {
         };
         let runtime = match opts.runtime {
             Some(rt) => rt,
-            None => runtime_from_config(&config, opts.hide, isolation.clone())?,
+            None => runtime_from_config(
+                &config,
+                opts.hide,
+                hive.store(),
+                opts.stop_containers_on_exit,
+                isolation.clone(),
+            )?,
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -308,28 +326,45 @@ async fn notify_systemd(state: NotifyState<'static>) {
     }
 }
 
-/// The runtime the config names. Under `process`, every agent needs a
-/// `command`.
+/// The runtime the config names. Under `process` and `nspawn`, every agent
+/// needs a `command`.
 pub fn runtime_from_config(
     config: &Config,
     hide: Vec<PathBuf>,
+    store: &Store,
+    stop_containers_on_exit: bool,
     isolation: Option<Isolation>,
 ) -> Result<Arc<dyn Runtime>, DaemonError> {
-    // Container runtimes take `isolation`: `check_ready` before each start,
-    // `attach` once the container is up.
-    let _ = isolation;
+    let specs = || -> Result<BTreeMap<AgentName, AgentSpec>, DaemonError> {
+        let mut agents = BTreeMap::new();
+        for (name, policy) in &config.agents {
+            let spec = AgentSpec::from_config(config, name, policy).ok_or_else(|| {
+                DaemonError::NoCommand {
+                    runtime: config.runtime.name(),
+                    agent: name.to_string(),
+                }
+            })?;
+            agents.insert(name.clone(), spec);
+        }
+        Ok(agents)
+    };
     match config.runtime {
         RuntimeKind::Detached => Ok(Arc::new(DetachedRuntime::default())),
+        RuntimeKind::Nspawn => Ok(Arc::new(NspawnRuntime::new(
+            NspawnSettings {
+                agents: specs()?,
+                state_dir: config.state_dir.clone(),
+                stop_timeout: config.stop_timeout,
+                uid_pool: config.uid_pool,
+                keep_running: !stop_containers_on_exit,
+                isolation,
+            },
+            store.clone(),
+        )?)),
         RuntimeKind::Process => {
-            let mut agents = std::collections::BTreeMap::new();
-            for (name, policy) in &config.agents {
-                let spec = AgentSpec::from_config(config, name, policy).ok_or_else(|| {
-                    DaemonError::NoCommand {
-                        agent: name.to_string(),
-                    }
-                })?;
-                agents.insert(name.clone(), spec);
-            }
+            // Process agents share the host's network: nothing to attach.
+            let _ = isolation;
+            let agents = specs()?;
             let mut hide = hide;
             hide.extend([config.runtime_dir.clone(), config.state_dir.clone()]);
             Ok(Arc::new(ProcessRuntime::new(ProcessSettings {

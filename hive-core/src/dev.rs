@@ -169,11 +169,14 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,
         network: crate::config::NetworkConfig::default(),
         restart: crate::config::RestartSettings::default(),
+        stop_timeout: std::time::Duration::from_secs(crate::config::DEFAULT_STOP_TIMEOUT_S),
+        uid_pool: Default::default(),
         agents,
     };
     let options = Options {
         runtime: None,
         hide: vec![dir.clone()],
+        stop_containers_on_exit: true,
         // A local hive in a terminal; nobody waits for READY=1.
         notify_systemd: false,
         ..Options::default()

@@ -15,6 +15,9 @@
 //!   alone.
 //! - `quota`: an agent flooding `send`/`status` is refused or coalesced
 //!   while others flow; what is stored for an agent is capped.
+//! - `containers`: the nspawn runtime with real containers (root): own
+//!   socket only, uid ranges, lifecycle, crash seen at once, adoption, OOM,
+//!   destroy --purge.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 //! - `supervision`: crashes recorded, raised and reported to managers;
 //!   restart policies and their backoff cap; idle stop and wake on demand.
@@ -38,6 +41,8 @@ mod audit;
 mod authority;
 #[path = "core/clis.rs"]
 mod clis;
+#[path = "core/containers.rs"]
+mod containers;
 #[path = "core/dev.rs"]
 mod dev;
 #[path = "core/durability.rs"]

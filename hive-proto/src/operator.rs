@@ -298,7 +298,8 @@ impl NetworkIsolation {
 pub enum OperatorResponse {
     Done,
     Agents(Vec<AgentSummary>),
-    Agent(AgentDetail),
+    /// Boxed: a detail is many times the size of the other answers.
+    Agent(Box<AgentDetail>),
     Approvals(Vec<Approval>),
     Questions(Vec<Question>),
     Messages(Vec<Message>),

@@ -262,6 +262,29 @@ pub struct AgentSummary {
     /// Whether this agent's files at `main` differ from those at
     /// `deployed_sha`: the reconciler will rebuild it.
     pub needs_update: bool,
+    // The runtime's half of the row (containers issue), kept together.
+    /// It receives the other agents' crash and lifecycle events.
+    pub manager: bool,
+    /// Its container's name (`h-<name>`, shortened stably where a tool's
+    /// limit needs it); `None` under a runtime without containers.
+    pub container: Option<String>,
+    /// The host uids its user namespace maps onto (root inside is `base`).
+    pub uid_range: Option<UidRange>,
+    /// Its container's init (or its process) on the host, while it runs.
+    pub leader_pid: Option<u32>,
+    /// Why it last ended when nobody asked it to (`exited with status 3`,
+    /// `killed by the kernel: out of memory (OOM)`); set on `crashed` rows.
+    pub crash_reason: Option<String>,
+    /// The last traffic on its socket, if any since the daemon started.
+    pub last_activity_at: Option<UnixMillis>,
+}
+
+/// A range of host uids (and the same gids): an agent's user namespace maps
+/// `0..count` inside onto `base..base + count` outside.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct UidRange {
+    pub base: u32,
+    pub count: u32,
 }
 
 /// Everything `/agent/<name>/` and `hivectl status NAME` show at once.

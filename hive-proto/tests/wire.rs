@@ -25,7 +25,7 @@ use hive_proto::operator::{
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, AuditEntry, ErrorCode, ItemKind,
-    Message, Question, QuestionState, Reminder, RunState,
+    Message, Question, QuestionState, Reminder, RunState, UidRange,
 };
 use hive_proto::{AgentName, Principal, Recipient, RelPath, SecretKey, PROTO_VERSION};
 use proptest::prelude::*;
@@ -267,6 +267,15 @@ fn summary() -> impl Strategy<Value = AgentSummary> {
                     main_sha: deployed_sha.clone(),
                     deployed_sha,
                     needs_update,
+                    manager: needs_update,
+                    container: Some("h-x".into()),
+                    uid_range: Some(UidRange {
+                        base: 1_048_576,
+                        count: 65_536,
+                    }),
+                    leader_pid: connections.checked_sub(1),
+                    crash_reason: None,
+                    last_activity_at: status_at,
                 }
             },
         )
@@ -511,7 +520,7 @@ fn operator_response() -> impl Strategy<Value = OperatorResponse> {
     prop_oneof![
         Just(O::Done),
         prop::collection::vec(summary(), few.clone()).prop_map(O::Agents),
-        detail().prop_map(O::Agent),
+        detail().prop_map(|d| O::Agent(Box::new(d))),
         prop::collection::vec(approval(), few.clone()).prop_map(O::Approvals),
         prop::collection::vec(question(), few.clone()).prop_map(O::Questions),
         prop::collection::vec(message(), few.clone()).prop_map(O::Messages),

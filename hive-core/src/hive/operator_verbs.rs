@@ -27,7 +27,7 @@ impl Hive {
         match req {
             OperatorRequest::ListAgents => Ok(OperatorResponse::Agents(self.summaries().await?)),
             OperatorRequest::AgentDetail { name } => {
-                Ok(OperatorResponse::Agent(self.detail(&name).await?))
+                Ok(OperatorResponse::Agent(Box::new(self.detail(&name).await?)))
             }
             OperatorRequest::Lifecycle { name, action } => {
                 self.known(&name)?;
@@ -215,10 +215,10 @@ impl Hive {
         Ok(())
     }
 
-    fn run_state(&self, agent: &AgentName) -> RunState {
+    fn agent_view(&self, agent: &AgentName) -> crate::runtime::AgentView {
         self.runtime()
-            .map(|r| r.run_state(agent))
-            .unwrap_or(RunState::Unknown)
+            .map(|r| r.agent_view(agent))
+            .unwrap_or_else(|| crate::runtime::AgentView::of_state(RunState::Unknown))
     }
 
     /// Every configured agent's dashboard row.
@@ -227,17 +227,29 @@ impl Hive {
         Ok(rows
             .into_iter()
             .filter(|row| self.policy(&row.name).is_some())
-            .map(|row| AgentSummary {
-                run_state: self.run_state(&row.name),
-                connections: self.hub().connections(&row.name),
-                status: row.status,
-                status_at: row.status_at,
-                unread: row.unread,
-                open_questions: row.open_questions,
-                deployed_sha: row.deployed_sha,
-                main_sha: None,
-                needs_update: false,
-                name: row.name,
+            .map(|row| {
+                let view = self.agent_view(&row.name);
+                AgentSummary {
+                    run_state: view.state,
+                    connections: self.hub().connections(&row.name),
+                    status: row.status,
+                    status_at: row.status_at,
+                    unread: row.unread,
+                    open_questions: row.open_questions,
+                    deployed_sha: row.deployed_sha,
+                    main_sha: None,
+                    needs_update: false,
+                    manager: self.policy(&row.name).is_some_and(|p| p.manager),
+                    container: view.container,
+                    uid_range: view.uid_range.map(|r| hive_proto::view::UidRange {
+                        base: r.base,
+                        count: r.count,
+                    }),
+                    leader_pid: view.leader_pid,
+                    crash_reason: view.crash.map(|c| c.to_string()),
+                    last_activity_at: None,
+                    name: row.name,
+                }
             })
             .collect())
     }

@@ -23,9 +23,13 @@
 //! decides whether a crashed agent is restarted (that is the supervision
 //! layer's policy).
 
+pub mod cgroup;
 pub mod container_name;
 pub mod journal;
+pub mod nspawn;
+pub mod pidfd;
 pub mod process;
+pub mod purge;
 pub mod supervise;
 
 use std::collections::BTreeMap;
@@ -247,6 +251,19 @@ pub enum RuntimeError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The store refused (e.g. the uid pool is exhausted).
+    #[error("agent {agent}: {message}")]
+    Refused {
+        agent: AgentName,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The network isolation layer refused (not enforced, attach failed).
+    #[error("agent {agent}: {source}")]
+    Isolation {
+        agent: AgentName,
+        source: crate::isolation::IsolationError,
+    },
     #[error("agent {agent}: refusing to purge {path}: {why}")]
     PurgeRefused {
         agent: AgentName,
@@ -272,6 +289,8 @@ impl From<RuntimeError> for Refusal {
             RuntimeError::UnknownAgent(_) => ErrorCode::NotFound,
             RuntimeError::AlreadyRunning(_) | RuntimeError::NotRunning(_) => ErrorCode::Conflict,
             RuntimeError::PurgeRefused { .. } => ErrorCode::Conflict,
+            RuntimeError::Refused { code, .. } => *code,
+            RuntimeError::Isolation { .. } => ErrorCode::Unavailable,
             RuntimeError::Spawn { .. } | RuntimeError::Signal { .. } | RuntimeError::Io { .. } => {
                 tracing::error!(error = %e, "runtime failure");
                 ErrorCode::Internal

@@ -24,6 +24,7 @@
 
 mod audit;
 mod read;
+mod runtime_rows;
 mod schema;
 mod supervision;
 mod tx;

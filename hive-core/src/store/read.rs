@@ -23,7 +23,7 @@ pub struct AgentRow {
 
 /// Read access to the store, on a reader connection or inside a write.
 pub struct Reader<'a> {
-    conn: &'a Connection,
+    pub(super) conn: &'a Connection,
 }
 
 const MESSAGE_COLS: &str = "id, kind, sender, recipient, body, in_reply_to, question_id, options, multi, sent_at, acked_at";

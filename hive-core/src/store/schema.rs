@@ -105,6 +105,24 @@ CREATE TABLE IF NOT EXISTS supervision_exits (
     restart_in_ms INTEGER
 );
 CREATE INDEX IF NOT EXISTS supervision_exits_agent ON supervision_exits(agent, id);
+
+-- runtime: each agent's uid range, allocated once and never given to
+-- another agent (UNIQUE base), so files it owns stay its own.
+CREATE TABLE IF NOT EXISTS runtime_uid_ranges (
+    agent      TEXT PRIMARY KEY,
+    base       INTEGER NOT NULL UNIQUE,
+    count      INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+
+-- runtime: the containers a container runtime started and has not seen
+-- end, so the next daemon adopts them instead of starting them twice.
+-- `record` is the backend's own JSON (pids, start times, cgroup dirs).
+CREATE TABLE IF NOT EXISTS runtime_containers (
+    agent      TEXT PRIMARY KEY,
+    record     TEXT NOT NULL,
+    started_at INTEGER NOT NULL
+);
 "#;
 
 /// Settings and schema for the one writer connection.

@@ -98,7 +98,7 @@ pub struct NewQuestion {
 
 /// One write job's view of the transaction.
 pub struct Tx<'a> {
-    conn: &'a Connection,
+    pub(super) conn: &'a Connection,
     now: i64,
     effects: &'a mut Effects,
 }

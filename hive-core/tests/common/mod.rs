@@ -64,6 +64,10 @@ pub fn is_root() -> bool {
 pub struct TestHive {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// Run the daemon in a network namespace of its own (`unshare --net`):
+    /// container runtimes install the hive's nftables table, which is per
+    /// namespace, so parallel test hives do not fight over one table.
+    pub own_netns: bool,
     child: Option<Child>,
 }
 
@@ -97,6 +101,7 @@ impl TestHive {
         Self {
             dir,
             config_path,
+            own_netns: runtime == "nspawn",
             child: None,
         }
     }
@@ -147,7 +152,14 @@ impl TestHive {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let child = Command::new(CORE_BIN)
+        let mut cmd = if self.own_netns {
+            let mut c = Command::new("unshare");
+            c.args(["--net", "--"]).arg(CORE_BIN);
+            c
+        } else {
+            Command::new(CORE_BIN)
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&self.config_path)
@@ -249,6 +261,110 @@ impl TestHive {
 impl Drop for TestHive {
     fn drop(&mut self) {
         self.kill9();
+        // Containers outlive the daemon by design; a test's must not.
+        kill_containers_under(self.dir.path());
+    }
+}
+
+impl TestHive {
+    /// Every agent's status row, from `ListAgents`.
+    pub async fn agents(&self) -> Vec<hive_proto::view::AgentSummary> {
+        match self.operator(OperatorRequest::ListAgents).await {
+            OperatorResponse::Agents(rows) => rows,
+            other => panic!("ListAgents answered {other:?}"),
+        }
+    }
+
+    /// One agent's status row.
+    pub async fn agent(&self, name: &str) -> hive_proto::view::AgentSummary {
+        self.agents()
+            .await
+            .into_iter()
+            .find(|a| a.name.as_str() == name)
+            .unwrap_or_else(|| panic!("no agent {name}"))
+    }
+
+    /// Waits (up to [`REPLY_TIMEOUT`]) until `name`'s row satisfies `want`;
+    /// returns it, or panics with the last row and the daemon's log.
+    pub async fn wait_agent(
+        &self,
+        name: &str,
+        what: &str,
+        mut want: impl FnMut(&hive_proto::view::AgentSummary) -> bool,
+    ) -> hive_proto::view::AgentSummary {
+        let end = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            let row = self.agent(name).await;
+            if want(&row) {
+                return row;
+            }
+            if Instant::now() > end {
+                panic!("{name} never {what}: {row:?}\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A lifecycle action through `admin.sock`, which must succeed.
+    pub async fn lifecycle(&self, name: &str, action: hive_proto::operator::LifecycleAction) {
+        let name = hive_proto::AgentName::new(name).expect("agent name");
+        match self
+            .admin()
+            .await
+            .call(AdminRequest::Operator(OperatorRequest::Lifecycle {
+                name: name.clone(),
+                action,
+            }))
+            .await
+        {
+            Ok(OperatorResponse::Done) => {}
+            other => panic!("{action:?} {name}: {other:?}\n{}", self.log()),
+        }
+    }
+}
+
+/// Whether `systemd-nspawn` containers can run here (root and the tool);
+/// otherwise [`skip_or_fail`] and `false`.
+pub fn nspawn_available() -> bool {
+    if !is_root() {
+        skip_or_fail("nspawn containers need root");
+        return false;
+    }
+    let found = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("systemd-nspawn").is_file());
+    if !found {
+        skip_or_fail("systemd-nspawn is not installed (apt-get install systemd-container)");
+    }
+    found
+}
+
+/// SIGKILLs every nspawn container whose root lies under `dir` (its init
+/// first, which ends the container, then nspawn): what a test leaves
+/// behind when it ends early.
+pub fn kill_containers_under(dir: &Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let needle = format!("--directory={}", dir.display());
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let ours = args.first().is_some_and(|a| a.ends_with(b"systemd-nspawn"))
+            && args.iter().any(|a| a.starts_with(needle.as_bytes()));
+        if !ours {
+            continue;
+        }
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+            let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
+        }
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

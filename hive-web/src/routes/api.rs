@@ -39,7 +39,7 @@ pub async fn agent(
     let name = parse_agent(&name)?;
     let r = state.call(&id.operator, Req::AgentDetail { name }).await;
     match expect_response!(r, Resp::Agent) {
-        Ok(d) => Ok(Json(d)),
+        Ok(d) => Ok(Json(*d)),
         Err(CoreError::Refused(e)) if e.code == ErrorCode::NotFound => {
             Err(AppError::NotFound("no such agent".into()).into())
         }

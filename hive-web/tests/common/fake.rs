@@ -67,6 +67,12 @@ pub fn summary(n: &str, status: &str) -> AgentSummary {
         deployed_sha: Some("0123456789abcdef0123".into()),
         main_sha: Some("0123456789abcdef0123".into()),
         needs_update: false,
+        manager: false,
+        container: None,
+        uid_range: None,
+        leader_pid: None,
+        crash_reason: None,
+        last_activity_at: None,
     }
 }
 
@@ -191,7 +197,7 @@ impl FakeCore {
                 known(&st, &name)?;
                 let summary = st.agents.iter().find(|a| a.name == name).unwrap().clone();
                 let me = Principal::Agent(name);
-                Ok(Resp::Agent(AgentDetail {
+                Ok(Resp::Agent(Box::new(AgentDetail {
                     summary,
                     allowed_recipients: vec!["*".into()],
                     questions: st
@@ -201,7 +207,7 @@ impl FakeCore {
                         .cloned()
                         .collect(),
                     reminders: vec![],
-                }))
+                })))
             }
             Req::Lifecycle { name, .. } => {
                 known(&st, &name)?;

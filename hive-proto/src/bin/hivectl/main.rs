@@ -178,7 +178,7 @@ async fn run(cli: Cli) -> Result<()> {
             other => return unexpected(other),
         },
         Cmd::Status { name } => match call(OperatorRequest::AgentDetail { name }).await? {
-            OperatorResponse::Agent(d) => print(json, &d, render::detail)?,
+            OperatorResponse::Agent(d) => print(json, &*d, render::detail)?,
             other => return unexpected(other),
         },
         Cmd::Messages {

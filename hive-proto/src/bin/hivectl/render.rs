@@ -323,6 +323,12 @@ mod tests {
             deployed_sha: sha.map(Into::into),
             main_sha: None,
             needs_update: stale,
+            manager: false,
+            container: None,
+            uid_range: None,
+            leader_pid: None,
+            crash_reason: None,
+            last_activity_at: None,
         };
         check(
             agents(&[
