@@ -5,7 +5,8 @@
 //! and `operator-token` (mode 0600, a fresh random token on every start,
 //! one per line; it never appears in argv, the environment or a log). The
 //! daemon runs in this process; `hive-web` and the demo agents
-//! (`hive-agent demo`, one per agent, through the `process` runtime) are
+//! (`hive-agent demo`, one per agent, through the `process` runtime; with
+//! `--harness 'CMD ARGS'`, `hive-agent run -- /bin/sh -c 'CMD ARGS'`) are
 //! child processes, stopped with SIGTERM and then SIGKILL on exit.
 //!
 //! Run as root, `hive-web` is started with `--user nobody` and drops to it
@@ -65,6 +66,9 @@ pub struct DevOptions {
     pub runtime: DevRuntime,
     pub web_bin: Option<PathBuf>,
     pub agent_bin: Option<PathBuf>,
+    /// `--harness 'CMD ARGS'`: agents run `hive-agent run -- /bin/sh -c
+    /// 'CMD ARGS'` instead of `hive-agent demo`.
+    pub harness: Option<String>,
 }
 
 /// Why `dev` could not start; each is one sentence.
@@ -144,9 +148,20 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
 
     let mut agents = BTreeMap::new();
     for name in &opts.agents {
-        let command = agent_bin
-            .as_ref()
-            .map(|bin| vec![bin.to_string_lossy().into_owned(), "demo".into()]);
+        let command = agent_bin.as_ref().map(|bin| {
+            let bin = bin.to_string_lossy().into_owned();
+            match &opts.harness {
+                Some(cmd) => vec![
+                    bin,
+                    "run".into(),
+                    "--".into(),
+                    "/bin/sh".into(),
+                    "-c".into(),
+                    cmd.clone(),
+                ],
+                None => vec![bin, "demo".into()],
+            }
+        });
         agents.insert(
             name.clone(),
             AgentPolicy {

@@ -72,6 +72,10 @@ enum Cmd {
         /// hive-agent binary (default: next to this one).
         #[arg(long)]
         agent_bin: Option<PathBuf>,
+        /// Agents run `hive-agent run -- /bin/sh -c 'CMD ARGS'` (the turn
+        /// loop around a real CLI) instead of the scripted demo.
+        #[arg(long, value_name = "CMD ARGS", conflicts_with = "no_demo")]
+        harness: Option<String>,
     },
 }
 
@@ -149,6 +153,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             runtime,
             web_bin,
             agent_bin,
+            harness,
         } => {
             let agents = match agents {
                 Some(list) => list,
@@ -169,6 +174,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 },
                 web_bin,
                 agent_bin,
+                harness,
             };
             dev::run(opts, stop).await?;
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hive_proto::client::operator::OperatorClient;
 use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
+use hive_proto::AgentName;
 
 use crate::common::{describe, is_root, skip_or_fail, CORE_BIN, START_TIMEOUT};
 
@@ -280,4 +281,72 @@ async fn dev_runs_each_agent_and_the_gateway_as_children_and_stops_them_all() {
             "child {pid} outlived dev"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_harness_runs_real_turns_that_reply_to_the_operator() {
+    let Some(hive_agent) = crate::common::sibling_bin("hive-agent") else {
+        return;
+    };
+    let dev = Dev::start(&[
+        "--no-web",
+        "--agents",
+        "alice",
+        "--agent-bin",
+        hive_agent.to_str().unwrap(),
+        "--harness",
+        "cat > /dev/null; echo \"hello operator, this is turn $HIVE_TURN\"",
+    ]);
+    let admin = OperatorClient::<AdminRequest>::connect(dev.state().join("run/admin.sock"))
+        .await
+        .unwrap();
+    let call = |req| {
+        let admin = admin.clone();
+        async move { admin.call(AdminRequest::Operator(req)).await.unwrap() }
+    };
+    let alice = AgentName::new("alice").unwrap();
+    let OperatorResponse::MessageSent { id } = call(OperatorRequest::SendMessage {
+        to: alice.clone(),
+        body: "hi alice".into(),
+    })
+    .await
+    else {
+        panic!("send")
+    };
+    let deadline = Instant::now() + START_TIMEOUT;
+    let reply = loop {
+        let OperatorResponse::Messages(list) = call(OperatorRequest::Messages {
+            mailbox: hive_proto::Principal::Operator,
+            before: None,
+            limit: 100,
+        })
+        .await
+        else {
+            panic!("messages")
+        };
+        if let Some(m) = list.into_iter().find(|m| m.in_reply_to == Some(id)) {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "no reply:\n{}", dev.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(reply.body, "hello operator, this is turn 1");
+    assert_eq!(reply.from, hive_proto::Principal::Agent(alice.clone()));
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let OperatorResponse::Agent(d) = call(OperatorRequest::AgentDetail {
+            name: alice.clone(),
+        })
+        .await
+        else {
+            panic!("detail")
+        };
+        if d.summary.status.as_deref() == Some("idle after turn 1 (replied to operator)") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status {:?}", d.summary.status);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, out) = dev.sigterm_and_wait();
+    assert!(status.success(), "{out}");
 }
