@@ -20,6 +20,7 @@ pub mod event;
 pub mod name;
 pub mod operator;
 pub mod time;
+pub mod variants;
 pub mod view;
 
 pub use name::{AgentName, NameError, Recipient, RelPath, SecretKey};

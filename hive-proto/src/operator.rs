@@ -7,10 +7,12 @@
 //! [`ClientFrame::Subscribe`] that turns the connection into an event stream.
 //!
 //! The sockets are split by capability: `web.sock` carries [`WebCall`]s, whose
-//! verbs are exactly the dashboard's ([`OperatorRequest`]); `admin.sock`
-//! carries [`AdminRequest`]s, which add what only a shell operator needs
-//! (audit verification, purge). A compromised gateway cannot express an admin
-//! verb.
+//! verbs ([`WebRequest`]) are exactly the ones the gateway's pages and API
+//! call (`hive-web`'s `every_web_request_variant_has_a_caller_in_the_gateway`
+//! fails when one has none); `admin.sock` carries [`AdminRequest`]s: every
+//! [`OperatorRequest`] (the web verbs plus the audit log and approval diffs)
+//! and what only a shell operator needs (audit verification, purge). A
+//! compromised gateway cannot express an admin verb.
 //!
 //! **Architecture invariant:** every verb of operator authority lives here
 //! and nowhere in [`crate::agent`].
@@ -92,7 +94,122 @@ pub enum ServerFrame {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WebCall {
     pub operator: String,
-    pub req: OperatorRequest,
+    pub req: WebRequest,
+}
+
+/// The verbs `web.sock` serves: what the dashboard's pages and JSON API call,
+/// and nothing else (no audit log, no approval diff on its own — `Pending`
+/// carries each diff). Each is the [`OperatorRequest`] of the same name, into
+/// which it converts for the core.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WebRequest {
+    ListAgents,
+    AgentDetail {
+        name: AgentName,
+    },
+    Lifecycle {
+        name: AgentName,
+        action: LifecycleAction,
+    },
+    /// Pending approvals, each with its diff.
+    Pending,
+    Approve {
+        id: u64,
+    },
+    Deny {
+        id: u64,
+        reason: String,
+    },
+    /// Open questions addressed to the operator.
+    Questions,
+    /// Answer a question addressed to the operator.
+    AnswerQuestion {
+        id: u64,
+        answer: String,
+    },
+    SendMessage {
+        to: AgentName,
+        body: String,
+    },
+    /// A mailbox's messages, newest first (an agent's page shows its own
+    /// and what it sent the operator).
+    Messages {
+        mailbox: Principal,
+        before: Option<u64>,
+        limit: u32,
+    },
+    ReadStateFile {
+        agent: AgentName,
+        rel_path: RelPath,
+    },
+    ListStateDir {
+        agent: AgentName,
+        rel_path: Option<RelPath>,
+    },
+    Journal {
+        agent: AgentName,
+        lines: u32,
+    },
+    AgentConfig {
+        agent: AgentName,
+        rev: ConfigRev,
+    },
+    Health,
+}
+
+impl WebRequest {
+    /// The verb's name, for metrics and logs (the same as
+    /// [`OperatorRequest::verb`]).
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Self::ListAgents => "list_agents",
+            Self::AgentDetail { .. } => "agent_detail",
+            Self::Lifecycle { .. } => "lifecycle",
+            Self::Pending => "pending",
+            Self::Approve { .. } => "approve",
+            Self::Deny { .. } => "deny",
+            Self::Questions => "questions",
+            Self::AnswerQuestion { .. } => "answer_question",
+            Self::SendMessage { .. } => "send_message",
+            Self::Messages { .. } => "messages",
+            Self::ReadStateFile { .. } => "read_state_file",
+            Self::ListStateDir { .. } => "list_state_dir",
+            Self::Journal { .. } => "journal",
+            Self::AgentConfig { .. } => "agent_config",
+            Self::Health => "health",
+        }
+    }
+}
+
+impl From<WebRequest> for OperatorRequest {
+    fn from(r: WebRequest) -> Self {
+        use WebRequest as W;
+        match r {
+            W::ListAgents => Self::ListAgents,
+            W::AgentDetail { name } => Self::AgentDetail { name },
+            W::Lifecycle { name, action } => Self::Lifecycle { name, action },
+            W::Pending => Self::Pending,
+            W::Approve { id } => Self::Approve { id },
+            W::Deny { id, reason } => Self::Deny { id, reason },
+            W::Questions => Self::Questions,
+            W::AnswerQuestion { id, answer } => Self::AnswerQuestion { id, answer },
+            W::SendMessage { to, body } => Self::SendMessage { to, body },
+            W::Messages {
+                mailbox,
+                before,
+                limit,
+            } => Self::Messages {
+                mailbox,
+                before,
+                limit,
+            },
+            W::ReadStateFile { agent, rel_path } => Self::ReadStateFile { agent, rel_path },
+            W::ListStateDir { agent, rel_path } => Self::ListStateDir { agent, rel_path },
+            W::Journal { agent, lines } => Self::Journal { agent, lines },
+            W::AgentConfig { agent, rev } => Self::AgentConfig { agent, rev },
+            W::Health => Self::Health,
+        }
+    }
 }
 
 /// A call on `admin.sock`. The operator is whoever SO_PEERCRED names.
@@ -154,7 +271,8 @@ pub enum ConfigRev {
     Main,
 }
 
-/// The operator's verbs: what the dashboard and `hivectl` may ask.
+/// The operator's verbs: what `hivectl` may ask on `admin.sock` (the
+/// dashboard's [`WebRequest`]s are a subset).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum OperatorRequest {
     ListAgents,
@@ -360,7 +478,7 @@ mod tests {
             id: 9,
             req: WebCall {
                 operator: "ops".into(),
-                req: OperatorRequest::AnswerQuestion {
+                req: WebRequest::AnswerQuestion {
                     id: 3,
                     answer: "yes".into(),
                 },
@@ -376,20 +494,100 @@ mod tests {
         );
     }
 
+    fn variant_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        crate::variants::variant_names::<T>().expect("an enum")
+    }
+
+    /// `WebCall` as it was before `web.sock` got its own request type: the
+    /// shape a client would use to put an operator verb on the web socket.
+    #[derive(Serialize)]
+    struct OperatorOnWeb {
+        operator: String,
+        req: OperatorRequest,
+    }
+
+    fn framed<T: Serialize>(value: &T, padding: usize) -> Vec<u8> {
+        let mut body = postcard::to_stdvec(value).unwrap();
+        body.extend(std::iter::repeat_n(0u8, padding));
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&body);
+        frame
+    }
+
     #[test]
     fn a_web_frame_is_not_an_admin_frame() {
-        // The admin-only verb, encoded, must not decode as a web call.
-        let mut buf = BytesMut::new();
-        FrameCodec::<(), ClientFrame<AdminRequest>>::new()
-            .encode(
-                ClientFrame::Call {
-                    id: 1,
-                    req: AdminRequest::AuditVerify,
+        // The web socket's request type has no admin-only verb...
+        let web = variant_names::<WebRequest>();
+        for admin_only in ["ApprovalDiff", "Audit", "AuditVerify", "Purge"] {
+            assert!(!web.contains(&admin_only), "{admin_only} is on web.sock");
+        }
+        for admin in variant_names::<AdminRequest>() {
+            assert!(!web.contains(admin), "{admin} is on web.sock");
+        }
+        // ...and the audit verb, framed exactly where a web call's request
+        // goes, with every byte its arguments need and more to spare, is
+        // refused because web.sock has no such verb — not because the frame
+        // ran out of bytes (an earlier version of this test passed only so).
+        let audit = framed(
+            &ClientFrame::Call {
+                id: 1,
+                req: OperatorOnWeb {
+                    operator: "ops".into(),
+                    req: OperatorRequest::Audit {
+                        since: 0,
+                        limit: 10,
+                    },
                 },
-                &mut buf,
-            )
-            .unwrap();
-        assert!(decode_frame::<ClientFrame<WebCall>>(&buf).is_err());
+            },
+            64,
+        );
+        match decode_frame::<ClientFrame<WebCall>>(&audit) {
+            Err(crate::codec::DecodeError::Postcard(postcard::Error::SerdeDeCustom)) => {}
+            other => panic!("expected an unknown-verb refusal, got {other:?}"),
+        }
+        // The same frame with a verb the web socket has decodes, so the
+        // refusal above is about the verb and nothing else.
+        let list = framed(
+            &ClientFrame::Call {
+                id: 1,
+                req: OperatorOnWeb {
+                    operator: "ops".into(),
+                    req: OperatorRequest::ListAgents,
+                },
+            },
+            0,
+        );
+        assert_eq!(
+            decode_frame::<ClientFrame<WebCall>>(&list).unwrap(),
+            Some(ClientFrame::Call {
+                id: 1,
+                req: WebCall {
+                    operator: "ops".into(),
+                    req: WebRequest::ListAgents
+                }
+            })
+        );
+    }
+
+    #[test]
+    fn every_web_verb_is_the_operator_verb_of_the_same_name() {
+        let web = variant_names::<WebRequest>();
+        let op = variant_names::<OperatorRequest>();
+        assert!(web.iter().all(|v| op.contains(v)), "{web:?} ⊄ {op:?}");
+        let samples = [
+            WebRequest::ListAgents,
+            WebRequest::Pending,
+            WebRequest::Questions,
+            WebRequest::Health,
+            WebRequest::Approve { id: 3 },
+            WebRequest::Deny {
+                id: 3,
+                reason: "no".into(),
+            },
+        ];
+        for w in samples {
+            assert_eq!(w.verb(), OperatorRequest::from(w.clone()).verb());
+        }
     }
 
     proptest! {

@@ -14,7 +14,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
 use axum::routing::{get, post};
 use axum::{middleware, Router};
-use hive_proto::operator::{OperatorRequest, OperatorResponse, WebCall};
+use hive_proto::operator::{OperatorResponse, WebCall, WebRequest};
 use tokio::sync::Semaphore;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::set_header::SetResponseHeaderLayer;
@@ -112,13 +112,13 @@ impl AppState {
     pub async fn read(
         &self,
         operator: &str,
-        req: OperatorRequest,
+        req: WebRequest,
     ) -> Result<Arc<OperatorResponse>, CoreError> {
         if !is_coalescible(&req) {
             return self.call(operator, req).await.map(Arc::new);
         }
         let me = self.clone();
-        let send: SendFn = Arc::new(move |op: String, req: OperatorRequest| {
+        let send: SendFn = Arc::new(move |op: String, req: WebRequest| {
             let me = me.clone();
             Box::pin(async move { me.call(&op, req).await })
         });
@@ -138,7 +138,7 @@ impl AppState {
     pub async fn call(
         &self,
         operator: &str,
-        req: OperatorRequest,
+        req: WebRequest,
     ) -> Result<OperatorResponse, CoreError> {
         let verb = req.verb();
         let started = Instant::now();

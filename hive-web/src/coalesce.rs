@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::future::BoxFuture;
-use hive_proto::operator::{OperatorRequest, OperatorResponse};
+use hive_proto::operator::{OperatorResponse, WebRequest};
 use tokio::sync::watch;
 
 use crate::core_link::CoreError;
@@ -32,10 +32,10 @@ type Answer = Result<Arc<OperatorResponse>, CoreError>;
 type Key = (&'static str, String);
 
 /// Whether `req` may be collapsed: the dashboard's argument-free reads.
-pub fn is_coalescible(req: &OperatorRequest) -> bool {
+pub fn is_coalescible(req: &WebRequest) -> bool {
     matches!(
         req,
-        OperatorRequest::ListAgents | OperatorRequest::Questions | OperatorRequest::Pending
+        WebRequest::ListAgents | WebRequest::Questions | WebRequest::Pending
     )
 }
 
@@ -55,7 +55,7 @@ pub struct Coalescer {
 
 /// How a round is sent: the caller's own path to the core.
 pub type SendFn = Arc<
-    dyn Fn(String, OperatorRequest) -> BoxFuture<'static, Result<OperatorResponse, CoreError>>
+    dyn Fn(String, WebRequest) -> BoxFuture<'static, Result<OperatorResponse, CoreError>>
         + Send
         + Sync,
 >;
@@ -71,7 +71,7 @@ impl Coalescer {
     pub async fn read(
         self: &Arc<Self>,
         operator: &str,
-        req: OperatorRequest,
+        req: WebRequest,
         send: SendFn,
         joined: impl FnOnce(bool),
     ) -> Result<Arc<OperatorResponse>, CoreError> {
@@ -118,7 +118,7 @@ impl Coalescer {
 }
 
 /// Sends the rounds for one key until nobody is waiting.
-async fn run(c: Arc<Coalescer>, key: Key, req: OperatorRequest, send: SendFn) {
+async fn run(c: Arc<Coalescer>, key: Key, req: WebRequest, send: SendFn) {
     loop {
         let tx = {
             let mut slots = c.lock();
@@ -172,10 +172,7 @@ mod tests {
         let send = counting(calls.clone(), Duration::from_millis(10));
         let reads = (0..50).map(|_| {
             let (c, send) = (c.clone(), send.clone());
-            async move {
-                c.read("ops", OperatorRequest::ListAgents, send, |_| {})
-                    .await
-            }
+            async move { c.read("ops", WebRequest::ListAgents, send, |_| {}).await }
         });
         let answers = futures::future::join_all(reads).await;
         assert!(answers.into_iter().all(|r| r.is_ok()));
@@ -193,16 +190,11 @@ mod tests {
         let send = counting(calls.clone(), Duration::from_millis(10));
         let first = {
             let (c, send) = (c.clone(), send.clone());
-            tokio::spawn(async move {
-                c.read("ops", OperatorRequest::ListAgents, send, |_| {})
-                    .await
-            })
+            tokio::spawn(async move { c.read("ops", WebRequest::ListAgents, send, |_| {}).await })
         };
         // Let round 1 start, then arrive while it is in flight.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let second = c
-            .read("ops", OperatorRequest::ListAgents, send, |_| {})
-            .await;
+        let second = c.read("ops", WebRequest::ListAgents, send, |_| {}).await;
         assert_eq!(seen(first.await.unwrap()), 1);
         assert_eq!(
             seen(second),
@@ -217,17 +209,17 @@ mod tests {
         let calls = Arc::new(AtomicU32::new(0));
         let send = counting(calls.clone(), Duration::from_millis(10));
         let (a, b, q) = tokio::join!(
-            c.read("ops", OperatorRequest::ListAgents, send.clone(), |_| {}),
+            c.read("ops", WebRequest::ListAgents, send.clone(), |_| {}),
             c.read(
                 "alice@example.com",
-                OperatorRequest::ListAgents,
+                WebRequest::ListAgents,
                 send.clone(),
                 |_| {}
             ),
-            c.read("ops", OperatorRequest::Questions, send.clone(), |_| {}),
+            c.read("ops", WebRequest::Questions, send.clone(), |_| {}),
         );
         assert!(a.is_ok() && b.is_ok() && q.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        assert!(!is_coalescible(&OperatorRequest::Approve { id: 1 }));
+        assert!(!is_coalescible(&WebRequest::Approve { id: 1 }));
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hive_proto::client::operator::{subscribe_as, OperatorClient, Streamed};
 use hive_proto::client::ClientError;
-use hive_proto::operator::{OperatorRequest, OperatorResponse, RpcError, WebCall};
+use hive_proto::operator::{OperatorResponse, RpcError, WebCall, WebRequest};
 use tokio::sync::Notify;
 
 use crate::hub::EventHub;
@@ -207,7 +207,7 @@ async fn follow_events(link: Weak<SocketLink>, hub: Arc<EventHub>) {
         let path = l.path.clone();
         let health = l.call(WebCall {
             operator: SYSTEM_OPERATOR.into(),
-            req: OperatorRequest::Health,
+            req: WebRequest::Health,
         });
         drop(l);
         // Ask where the core's stream stands first: on first contact we start
@@ -279,7 +279,7 @@ mod tests {
         let err = link
             .call(WebCall {
                 operator: "ops".into(),
-                req: OperatorRequest::Health,
+                req: WebRequest::Health,
             })
             .await
             .unwrap_err();

@@ -7,7 +7,7 @@
 //! security headers, count the request in [`metrics`], enforce the body limit
 //! and the timeout, and resolve who is asking ([`auth`], backed by
 //! [`tokens`] and [`session`]). A handler in [`routes`] turns the request
-//! into [`hive_proto::operator::OperatorRequest`]s, sends them through the
+//! into [`hive_proto::operator::WebRequest`]s, sends them through the
 //! [`core_link::CoreLink`], and renders the answer with the askama templates
 //! in [`views`]. Events reach browsers through [`hub`] and `/api/events`.
 //!

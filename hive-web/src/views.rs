@@ -243,7 +243,7 @@ impl From<&Question> for QuestionView {
                 .map(ToString::to_string)
                 .unwrap_or_default(),
             // The operator answers questions addressed to the operator
-            // (`OperatorRequest::AnswerQuestion`); others are the
+            // (`WebRequest::AnswerQuestion`); others are the
             // addressee's to answer.
             answerable: q.state == QuestionState::Open && q.to == Principal::Operator,
         }

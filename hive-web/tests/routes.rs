@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use hive_proto::event::{Event, EventRecord};
-use hive_proto::operator::{LifecycleAction, OperatorRequest as Req};
+use hive_proto::operator::{LifecycleAction, WebRequest as Req};
 use hive_proto::view::QuestionState;
 use hive_web::app::{CSP, MAX_BODY_BYTES};
 use hive_web::session::{MAX_STREAMS_PER_SESSION, SESSION_IDLE_TIMEOUT};

@@ -89,7 +89,7 @@ impl Endpoint for WebEndpoint {
         let who = OperatorId::Web {
             login: call.operator,
         };
-        hive.operator_call(&who, call.req)
+        hive.operator_call(&who, call.req.into())
             .await
             .map_err(RpcError::from)
     }

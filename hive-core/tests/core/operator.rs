@@ -12,7 +12,7 @@ use hive_proto::codec::{decode_frame, FrameCodec};
 use hive_proto::event::Event;
 use hive_proto::operator::{
     AdminRequest, ClientFrame, Hello, HelloReply, OperatorRequest, OperatorResponse, ServerFrame,
-    Version, WebCall,
+    Version, WebCall, WebRequest,
 };
 use hive_proto::view::ErrorCode;
 use hive_proto::{AgentName, PROTO_VERSION};
@@ -200,7 +200,7 @@ async fn the_audit_log_names_the_kernel_user_or_the_gateways_login() {
         .unwrap();
     web.call(WebCall {
         operator: "ops@example.com".into(),
-        req: OperatorRequest::SendMessage {
+        req: WebRequest::SendMessage {
             to: alice.clone(),
             body: "from the web".into(),
         },
@@ -216,7 +216,7 @@ async fn the_audit_log_names_the_kernel_user_or_the_gateways_login() {
         let err = web
             .call(WebCall {
                 operator: bad.into(),
-                req: OperatorRequest::ListAgents,
+                req: WebRequest::ListAgents,
             })
             .await
             .unwrap_err();

@@ -9,7 +9,7 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use hive_proto::operator::{OperatorRequest as Req, OperatorResponse as Resp};
+use hive_proto::operator::{OperatorResponse as Resp, WebRequest as Req};
 
 use crate::app::AppState;
 use crate::auth::CheckedForm;

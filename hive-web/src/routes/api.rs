@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::Json;
-use hive_proto::operator::{Approval, OperatorRequest as Req, OperatorResponse as Resp};
+use hive_proto::operator::{Approval, OperatorResponse as Resp, WebRequest as Req};
 use hive_proto::view::{AgentDetail, AgentSummary, ErrorCode, Question};
 
 use crate::app::AppState;

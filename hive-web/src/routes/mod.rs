@@ -5,7 +5,7 @@
 //!
 //! Every name or path taken from a URL is parsed into `AgentName` /
 //! `RelPath` here before anything else sees it; a bad name is a 404, a bad
-//! path a 400. Handlers must never build an `OperatorRequest` from a raw
+//! path a 400. Handlers must never build an `WebRequest` from a raw
 //! string.
 
 pub mod actions;

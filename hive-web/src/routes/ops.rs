@@ -16,7 +16,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use hive_proto::operator::{OperatorRequest, OperatorResponse};
+use hive_proto::operator::{OperatorResponse, WebRequest};
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -85,7 +85,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
             Ok(_guard) => match readiness.fresh(link_up) {
                 Some(ready) => ready,
                 None => {
-                    let probe = state.call(SYSTEM_OPERATOR, OperatorRequest::Health);
+                    let probe = state.call(SYSTEM_OPERATOR, WebRequest::Health);
                     let ready = matches!(
                         tokio::time::timeout(READY_TIMEOUT, probe).await,
                         Ok(Ok(OperatorResponse::Health(_)))

@@ -8,7 +8,7 @@
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Redirect, Response};
-use hive_proto::operator::{ConfigRev, OperatorRequest as Req, OperatorResponse as Resp};
+use hive_proto::operator::{ConfigRev, OperatorResponse as Resp, WebRequest as Req};
 use hive_proto::view::{Message, QuestionState};
 use hive_proto::{AgentName, Principal};
 

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use hive_proto::operator::{
-    Approval, DirEntry, Health, NetworkIsolation, OperatorRequest as Req, OperatorResponse as Resp,
-    RpcError, WebCall,
+    Approval, DirEntry, Health, NetworkIsolation, OperatorResponse as Resp, RpcError, WebCall,
+    WebRequest as Req,
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, ErrorCode, ItemKind, Message, Question,
@@ -339,10 +339,6 @@ impl FakeCore {
                 last_event_seq: 0,
                 network: st.network.clone(),
             })),
-            Req::ApprovalDiff { .. } | Req::Audit { .. } => Err(RpcError::new(
-                ErrorCode::UnknownOp,
-                "not served on web.sock",
-            )),
         }
     }
 }
