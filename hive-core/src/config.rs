@@ -22,6 +22,12 @@ pub const DEFAULT_EVENT_RETENTION: u64 = 100_000;
 pub const MIN_EVENT_RETENTION: u64 = 1_000;
 /// Default cap on simultaneous connections per agent socket.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 64;
+/// Days an acknowledged message to an agent is kept by default.
+pub const DEFAULT_MESSAGE_RETENTION_DAYS: u64 = 30;
+/// Days an acknowledged message in the operator's mailbox is kept by default.
+pub const DEFAULT_OPERATOR_MESSAGE_RETENTION_DAYS: u64 = 365;
+/// Longest retention a config may set (0 means forever).
+pub const MAX_RETENTION_DAYS: u64 = 100 * 365;
 /// Default cap on unacknowledged messages stored for one agent.
 pub const DEFAULT_MAX_UNACKED: u64 = 10_000;
 /// Default cap on the bytes of body of the unacknowledged messages stored
@@ -65,6 +71,11 @@ pub struct RawConfig {
     pub stop_timeout: Option<u64>,
     /// Where container runtimes take each agent's uid range from.
     pub uid_pool: Option<RawUidPool>,
+    /// Days acknowledged messages to agents are kept; 0 keeps them forever.
+    pub message_retention_days: Option<u64>,
+    /// Days acknowledged messages in the operator's mailbox are kept; 0
+    /// keeps them forever.
+    pub operator_message_retention_days: Option<u64>,
     #[serde(default)]
     pub agents: BTreeMap<String, RawAgent>,
 }
@@ -570,6 +581,11 @@ pub struct Config {
     /// Between a stop's SIGTERM and its SIGKILL.
     pub stop_timeout: std::time::Duration,
     pub uid_pool: UidPool,
+    /// Acknowledged messages to agents older than this are pruned (`None`:
+    /// kept forever).
+    pub message_retention: Option<std::time::Duration>,
+    /// The same for the operator's own mailbox.
+    pub operator_message_retention: Option<std::time::Duration>,
     pub agents: BTreeMap<AgentName, AgentPolicy>,
 }
 
@@ -616,6 +632,23 @@ impl Config {
             ));
         }
         let network = validate_network(raw.network.unwrap_or_default())?;
+        let retention = |key: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
+            0 => Ok(None),
+            d if d > MAX_RETENTION_DAYS => Err(format!(
+                "{key} is {d} days; at most {MAX_RETENTION_DAYS}, or 0 to keep forever"
+            )),
+            d => Ok(Some(std::time::Duration::from_secs(d * 24 * 3600))),
+        };
+        let message_retention = retention(
+            "message_retention_days",
+            raw.message_retention_days,
+            DEFAULT_MESSAGE_RETENTION_DAYS,
+        )?;
+        let operator_message_retention = retention(
+            "operator_message_retention_days",
+            raw.operator_message_retention_days,
+            DEFAULT_OPERATOR_MESSAGE_RETENTION_DAYS,
+        )?;
         let mut agents = BTreeMap::new();
         for (name, raw_agent) in raw.agents {
             let name = AgentName::new(&name).map_err(|e| format!("agent {name:?}: {e}"))?;
@@ -640,6 +673,8 @@ impl Config {
             restart: validate_restart(raw.restart.unwrap_or_default())?,
             stop_timeout: std::time::Duration::from_secs(stop_timeout),
             uid_pool,
+            message_retention,
+            operator_message_retention,
             agents,
         })
     }

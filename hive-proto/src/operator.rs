@@ -235,6 +235,11 @@ pub enum AdminRequest {
     SecretList { agent: AgentName },
     /// Remove the agent's secret `key`.
     SecretRemove { agent: AgentName, key: SecretKey },
+    /// Audit rows with `seq > since`, oldest first, at most `limit` (the
+    /// core clamps it to `MAX_LIST`), for `hivectl audit export`, which
+    /// pages on from the last `seq` and prints JSON lines. Admin only: the
+    /// gateway cannot reach the audit log.
+    AuditExport { since: u64, limit: u32 },
 }
 
 /// Most bytes of one secret's value.

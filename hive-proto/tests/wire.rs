@@ -415,6 +415,8 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
             }),
         name().prop_map(|agent| AdminRequest::SecretList { agent }),
         (name(), secret_key()).prop_map(|(agent, key)| AdminRequest::SecretRemove { agent, key }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(since, limit)| AdminRequest::AuditExport { since, limit }),
     ]
 }
 
@@ -682,6 +684,7 @@ fn admin_kind(r: &AdminRequest) -> &'static str {
         AdminRequest::SecretSet { .. } => "secret_set",
         AdminRequest::SecretList { .. } => "secret_list",
         AdminRequest::SecretRemove { .. } => "secret_remove",
+        AdminRequest::AuditExport { .. } => "audit_export",
     }
 }
 
@@ -770,7 +773,7 @@ fn kinds<T: std::fmt::Debug>(
 #[test]
 fn strategies_cover_every_variant() {
     assert_eq!(kinds(operator_request(), request_kind).len(), 17);
-    assert_eq!(kinds(admin_request(), admin_kind).len(), 6);
+    assert_eq!(kinds(admin_request(), admin_kind).len(), 7);
     assert_eq!(kinds(operator_response(), response_kind).len(), 16);
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
     assert_eq!(kinds(event(), event_kind).len(), 15);

@@ -10,7 +10,7 @@ use hive_proto::{AgentName, Principal};
 use super::agent_verbs::check_len;
 use super::reply_budget::Budget;
 use super::{state_files, Hive, OperatorId, Refusal};
-use crate::store::{AuditReport, NewMessage};
+use crate::store::{AuditHead, AuditReport, NewMessage};
 
 /// Most rows one listing returns.
 pub const MAX_LIST: u32 = 1000;
@@ -193,8 +193,34 @@ impl Hive {
         Ok(OperatorResponse::Done)
     }
 
+    /// Audit rows after `since` for `hivectl audit export` (admin only).
+    pub async fn audit_export(
+        &self,
+        _who: &OperatorId,
+        since: u64,
+        limit: u32,
+    ) -> Result<OperatorResponse, Refusal> {
+        let limit = limit.clamp(1, MAX_LIST);
+        let rows = self
+            .store()
+            .read(move |r| r.audit_since(since, limit))
+            .await?;
+        Ok(OperatorResponse::Audit(rows))
+    }
+
     pub async fn audit_verify(&self, _who: &OperatorId) -> Result<OperatorResponse, Refusal> {
-        match self.store().read(|r| r.verify_audit()).await? {
+        // The head file first: it is written after its commit, so a chain
+        // read that starts after it sees at least that row.
+        let head_path = self.store().audit_head_path();
+        let recorded = blocking(move || {
+            AuditHead::read(&head_path).map_err(|e| Refusal::new(ErrorCode::Conflict, e))
+        })
+        .await?;
+        match self
+            .store()
+            .read(move |r| r.verify_audit_against(recorded.as_ref()))
+            .await?
+        {
             AuditReport::Intact { rows, head } => {
                 Ok(OperatorResponse::AuditVerified { rows, head })
             }

@@ -34,6 +34,11 @@ impl Hive {
                     Ok(n) => tracing::info!(pruned = n, "pruned old events"),
                     Err(e) => tracing::error!(error = %e, "could not prune events"),
                 }
+                match self.prune_old_messages(crate::now_ms()).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "pruned old acknowledged messages"),
+                    Err(e) => tracing::error!(error = %e, "could not prune messages"),
+                }
             }
             let sleep = match self.store().read(|r| r.next_deadline()).await {
                 Ok(Some(at)) => {
@@ -55,6 +60,27 @@ impl Hive {
     }
 
     /// Expires every overdue question and fires every due reminder.
+    /// Prunes acknowledged messages past their retention as of `now`:
+    /// agents' mailboxes by `message_retention`, the operator's by
+    /// `operator_message_retention`. The audit log is never pruned.
+    pub async fn prune_old_messages(&self, now: i64) -> Result<usize, StoreError> {
+        let cutoff = |d: Option<Duration>| d.map(|d| now.saturating_sub(d.as_millis() as i64));
+        let agents = cutoff(self.config().message_retention);
+        let operator = cutoff(self.config().operator_message_retention);
+        self.store()
+            .write(move |tx| {
+                let mut n = 0;
+                if let Some(before) = agents {
+                    n += tx.prune_acked_messages(before, false)?;
+                }
+                if let Some(before) = operator {
+                    n += tx.prune_acked_messages(before, true)?;
+                }
+                Ok(n)
+            })
+            .await
+    }
+
     pub async fn fire_due(&self) -> Result<(), StoreError> {
         self.store()
             .write(|tx| {

@@ -579,3 +579,65 @@ async fn lists_an_agent_can_grow_stay_under_the_reply_limits_as_prefixes() {
     }
     assert_eq!(seen.len(), 30, "every message, once");
 }
+
+#[tokio::test]
+async fn acknowledged_messages_past_retention_are_pruned_and_the_audit_log_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw: RawConfig = toml::from_str(&format!(
+        "state_dir = {:?}\nruntime_dir = {:?}\nmessage_retention_days = 1\n\
+         operator_message_retention_days = 7\n[agents.alice]\n[agents.bob]\n",
+        dir.path(),
+        dir.path()
+    ))
+    .unwrap();
+    let h = Hive::open(Config::from_raw(raw).unwrap()).await.unwrap();
+    let mut ids = Vec::new();
+    for to in ["bob", "bob", "operator"] {
+        let r = call(&h, "alice", json!({"op":"send","to":to,"body":"x"}))
+            .await
+            .unwrap();
+        ids.push(r["ids"][0].as_u64().unwrap());
+    }
+    // bob acks the first; the operator acks its one.
+    call(&h, "bob", json!({"op":"ack","msg_id":ids[0]}))
+        .await
+        .unwrap();
+    let op_msg = ids[2];
+    h.store()
+        .write(move |tx| tx.ack(&Principal::Operator, op_msg))
+        .await
+        .unwrap();
+    let rows_before = h
+        .store()
+        .read(|r| r.audit_since(0, 1000))
+        .await
+        .unwrap()
+        .len();
+    let day = 24 * 3600 * 1000;
+    let now = crate::now_ms();
+    // A day on: bob's acked message goes; the unacked one and the
+    // operator's (kept 7 days) stay.
+    assert_eq!(h.prune_old_messages(now + day + 1000).await.unwrap(), 1);
+    let bob = Principal::Agent(name("bob"));
+    let left = h
+        .store()
+        .read(move |r| r.message_to(&bob, ids[0]))
+        .await
+        .unwrap();
+    assert!(left.is_none());
+    assert_eq!(h.unacked(&name("bob"), 0, 10).await.unwrap().len(), 1);
+    assert_eq!(h.prune_old_messages(now + 8 * day).await.unwrap(), 1);
+    assert_eq!(h.unacked(&name("bob"), 0, 10).await.unwrap().len(), 1);
+    // The audit log is append-only: pruning removed none of it.
+    let rows_after = h
+        .store()
+        .read(|r| r.audit_since(0, 1000))
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(rows_after, rows_before);
+    assert!(matches!(
+        h.audit_verify(&op()).await.unwrap(),
+        OperatorResponse::AuditVerified { .. }
+    ));
+}

@@ -110,6 +110,9 @@ impl Endpoint for AdminEndpoint {
             AdminRequest::SecretRemove { agent, key } => {
                 secrets::remove(&hive, &caller, agent, key).await
             }
+            AdminRequest::AuditExport { since, limit } => {
+                hive.audit_export(&caller, since, limit).await
+            }
         };
         result.map_err(RpcError::from)
     }

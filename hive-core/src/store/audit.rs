@@ -2,11 +2,131 @@
 //! row's hash and this row's fields, each length-prefixed so no two
 //! different rows hash alike. Verification recomputes the chain from the
 //! first row and names the first row that does not match.
+//!
+//! The chain alone cannot show a missing *tail* (the newest rows deleted)
+//! or a chain recomputed from some row on. So the head (sequence number and
+//! hash) is also written outside the database: every [`HEAD_EVERY`] rows
+//! and at clean shutdown, the writer logs it (the journal) and replaces the
+//! root-only head file next to the database ([`head_path`]) after the
+//! commit that produced it. `audit verify` checks the chain against the
+//! newest recorded head: a head past the chain's end is a missing tail, a
+//! head whose row hashes differently is a rewritten chain.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use super::StoreError;
+
+/// Rows between two recorded heads.
+pub const HEAD_EVERY: u64 = 1000;
+/// The head file's name, beside the database in the root-only state dir.
+pub const HEAD_FILE: &str = "audit.head";
+
+/// Where the head of the chain in the database `db` is recorded.
+pub fn head_path(db: &Path) -> PathBuf {
+    db.with_file_name(HEAD_FILE)
+}
+
+/// A recorded head: row `seq` had hash `hash`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Head {
+    /// Parses the head file's one line, `<seq> <hash>`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut parts = text.split_whitespace();
+        let seq = parts.next()?.parse().ok()?;
+        let hash = parts.next()?;
+        let hex_ok = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit());
+        (hex_ok && parts.next().is_none()).then(|| Self {
+            seq,
+            hash: hash.to_owned(),
+        })
+    }
+
+    /// Reads the head file; `Ok(None)` if none was recorded yet.
+    pub fn read(path: &Path) -> Result<Option<Self>, String> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text).map(Some).ok_or_else(|| {
+                format!("the recorded audit head {} does not parse", path.display())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// Logs the head and replaces the head file (mode 0600, synced,
+    /// renamed into place) with it.
+    pub fn record(&self, path: &Path, why: &str) -> std::io::Result<()> {
+        tracing::info!(seq = self.seq, hash = %self.hash, why, "audit chain head");
+        let tmp = path.with_extension("head.tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(f, "{} {}", self.seq, self.hash)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+/// The newest row of the chain, if any.
+pub fn current_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| {
+                Ok(Head {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    hash: r.get(1)?,
+                })
+            },
+        )
+        .optional()?)
+}
+
+/// The stored hash of row `seq`.
+pub fn hash_at(conn: &Connection, seq: u64) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            [super::sql_int(seq)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Compares the chain (`rows` long, already verified) with the newest
+/// recorded head; `Some(reason)` when they disagree.
+pub fn check_head(conn: &Connection, rows: u64, head: &Head) -> Result<Option<String>, StoreError> {
+    if head.seq > rows {
+        return Ok(Some(format!(
+            "the chain ends at row {rows} but row {} (hash {}) was recorded as written: \
+             rows {}..={} are missing (the log was truncated)",
+            head.seq,
+            head.hash,
+            rows + 1,
+            head.seq
+        )));
+    }
+    match hash_at(conn, head.seq)? {
+        Some(h) if h == head.hash => Ok(None),
+        _ => Ok(Some(format!(
+            "row {} does not have the hash recorded for it ({}): the chain was rewritten",
+            head.seq, head.hash
+        ))),
+    }
+}
 
 /// The hash a chain starts from.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -36,14 +156,14 @@ pub fn row_hash(prev: &str, seq: u64, at: i64, actor: &str, action: &str, detail
     hex::encode(h.finalize())
 }
 
-/// Appends one row after the current head.
+/// Appends one row after the current head; returns the new head.
 pub fn append(
     conn: &Connection,
     at: i64,
     actor: &str,
     action: &str,
     detail: &str,
-) -> Result<u64, StoreError> {
+) -> Result<Head, StoreError> {
     let head: Option<(i64, String)> = conn
         .query_row(
             "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
@@ -61,7 +181,7 @@ pub fn append(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![seq as i64, at, actor, action, detail, prev, hash],
     )?;
-    Ok(seq)
+    Ok(Head { seq, hash })
 }
 
 /// Recomputes the whole chain.

@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub::Hub;
 use crate::Error;
 
-pub use audit::AuditReport;
+pub use audit::{AuditReport, Head as AuditHead};
 pub use read::Reader;
 pub use supervision::{CrashRecord, CrashRow};
 pub use tx::{NewMessage, NewQuestion, Tx};
@@ -151,10 +151,11 @@ impl Store {
             .spawn(move || checkpoint_loop(checkpoint_conn, nudged, counted))
             .map_err(spawn_err("starting the store checkpointer"))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let heads = HeadRecorder::new(audit::head_path(path), &conn).map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name("hive-store-writer".into())
             .spawn(move || {
-                writer_loop(conn, rx, hub, nudge, commits);
+                writer_loop(conn, rx, hub, nudge, commits, heads);
                 // The writer's sender is gone: the checkpointer finishes,
                 // and the writer's connection closes last.
                 let _ = checkpointer.join();
@@ -225,6 +226,12 @@ impl Store {
         .map_err(|e| StoreError::Commit(format!("reader task: {e}")))?
     }
 
+    /// Where the audit chain's head is recorded (`audit.head` beside the
+    /// database).
+    pub fn audit_head_path(&self) -> PathBuf {
+        audit::head_path(&self.inner.path)
+    }
+
     /// Registers agents that are configured but not yet in the store.
     pub async fn register_agents(&self, names: Vec<AgentName>) -> Result<(), StoreError> {
         self.write(move |tx| {
@@ -283,6 +290,81 @@ fn open_reader(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Writes the audit chain's head outside the database (see
+/// [`audit`]): after each commit that takes the chain past a multiple of
+/// [`audit::HEAD_EVERY`], and at clean shutdown.
+struct HeadRecorder {
+    path: PathBuf,
+    /// The last head recorded (or found at start).
+    recorded: u64,
+    /// The head file names a row past the chain's end (its tail is
+    /// missing): the file is evidence and is never overwritten; heads go
+    /// to the journal only.
+    keep_file: bool,
+}
+
+impl HeadRecorder {
+    fn new(path: PathBuf, conn: &Connection) -> Result<Self, rusqlite::Error> {
+        let last = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM audit", [], |r| {
+                r.get::<_, i64>(0)
+            })?
+            .max(0) as u64;
+        let keep_file = match audit::Head::read(&path) {
+            Ok(Some(head)) if head.seq > last => {
+                tracing::error!(
+                    recorded_seq = head.seq,
+                    recorded_hash = %head.hash,
+                    chain_ends_at = last,
+                    "the audit log is missing rows the recorded head names; \
+                     `hivectl audit verify` reports it, and the head file is kept as it is"
+                );
+                true
+            }
+            _ => false,
+        };
+        Ok(Self {
+            path,
+            recorded: last,
+            keep_file,
+        })
+    }
+
+    /// After a commit whose newest audit row is `head`.
+    fn committed(&mut self, head: audit::Head) {
+        if head.seq / audit::HEAD_EVERY > self.recorded / audit::HEAD_EVERY {
+            self.record(&head, "every 1000 rows");
+        }
+    }
+
+    fn record(&mut self, head: &audit::Head, why: &str) {
+        if self.keep_file {
+            tracing::info!(seq = head.seq, hash = %head.hash, why, "audit chain head");
+            self.recorded = head.seq;
+            return;
+        }
+        match head.record(&self.path, why) {
+            Ok(()) => self.recorded = head.seq,
+            Err(e) => tracing::error!(
+                error = %e,
+                path = %self.path.display(),
+                seq = head.seq,
+                hash = %head.hash,
+                "could not write the audit head file (the head is in this log line)"
+            ),
+        }
+    }
+
+    /// At clean shutdown: the chain's newest row, whatever its number.
+    fn shutdown(&mut self, conn: &Connection) {
+        match audit::current_head(conn) {
+            Ok(Some(head)) => self.record(&head, "clean shutdown"),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "reading the audit head at shutdown"),
+        }
+    }
+}
+
 /// The writer thread: take every waiting job, run them in one transaction,
 /// commit, then publish and reply.
 fn writer_loop(
@@ -291,6 +373,7 @@ fn writer_loop(
     hub: Arc<Hub>,
     checkpoint: std::sync::mpsc::SyncSender<()>,
     commits: Arc<AtomicU64>,
+    mut heads: HeadRecorder,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -300,7 +383,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if run_batch(&mut conn, batch, &hub) {
+        if run_batch(&mut conn, batch, &hub, &mut heads) {
             let n = commits.fetch_add(1, Ordering::AcqRel) + 1;
             if n.is_multiple_of(CHECKPOINT_EVERY_COMMITS) {
                 // Full means a nudge is already waiting: nothing to add.
@@ -308,6 +391,7 @@ fn writer_loop(
             }
         }
     }
+    heads.shutdown(&conn);
 }
 
 /// The checkpointer thread: a `PASSIVE` checkpoint on every nudge, and one
@@ -345,7 +429,7 @@ fn checkpoint_loop(
 }
 
 /// Runs one batch in one transaction; true if it committed.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub) -> bool {
+fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub, heads: &mut HeadRecorder) -> bool {
     let now = crate::now_ms();
     let mut done = Vec::with_capacity(batch.len());
     let mut effects = tx::Effects::default();
@@ -371,6 +455,9 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub) -> bool {
     })();
     match outcome {
         Ok(()) => {
+            if let Some(head) = effects.audit_head.take() {
+                heads.committed(head);
+            }
             effects.publish(hub);
             for (reply, result) in done {
                 let _ = reply.send(result);

@@ -321,6 +321,26 @@ impl<'a> Reader<'a> {
     pub fn verify_audit(&self) -> Result<AuditReport, StoreError> {
         audit::verify(self.conn)
     }
+
+    /// Verifies the chain, then checks it against `recorded` (the newest
+    /// head written outside the database), so a missing tail or a
+    /// recomputed chain is reported too.
+    pub fn verify_audit_against(
+        &self,
+        recorded: Option<&audit::Head>,
+    ) -> Result<AuditReport, StoreError> {
+        let report = audit::verify(self.conn)?;
+        let (AuditReport::Intact { rows, .. }, Some(head)) = (&report, recorded) else {
+            return Ok(report);
+        };
+        Ok(match audit::check_head(self.conn, *rows, head)? {
+            None => report,
+            Some(reason) => AuditReport::Broken {
+                seq: head.seq.min(rows + 1),
+                reason,
+            },
+        })
+    }
 }
 
 pub(super) fn question_state_str(s: QuestionState) -> &'static str {

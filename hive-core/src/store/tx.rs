@@ -18,12 +18,17 @@ use crate::hub::Hub;
 pub(super) struct Effects {
     messages: Vec<Arc<Message>>,
     events: Vec<EventRecord>,
+    /// The audit chain's newest row after this transaction, if it grew.
+    pub(super) audit_head: Option<audit::Head>,
 }
 
 impl Effects {
     pub(super) fn append(&mut self, other: Effects) {
         self.messages.extend(other.messages);
         self.events.extend(other.events);
+        if other.audit_head.is_some() {
+            self.audit_head = other.audit_head;
+        }
     }
 
     pub(super) fn publish(self, hub: &Hub) {
@@ -210,9 +215,26 @@ impl<'a> Tx<'a> {
         )?)
     }
 
+    /// Deletes acknowledged messages acknowledged before `acked_before`
+    /// (Unix ms): the operator's mailbox if `operator`, else every agent's.
+    /// Unacknowledged messages are never pruned. Returns how many went.
+    pub fn prune_acked_messages(
+        &mut self,
+        acked_before: i64,
+        operator: bool,
+    ) -> Result<usize, StoreError> {
+        let op = Principal::Operator.to_string();
+        let sql = if operator {
+            "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ?1 AND recipient = ?2"
+        } else {
+            "DELETE FROM messages WHERE acked_at IS NOT NULL AND acked_at < ?1 AND recipient != ?2"
+        };
+        Ok(self.conn.execute(sql, params![acked_before, op])?)
+    }
+
     /// Appends an audit row, chained to the one before.
     pub fn audit(&mut self, actor: &str, action: &str, detail: &str) -> Result<(), StoreError> {
-        audit::append(self.conn, self.now, actor, action, detail)?;
+        self.effects.audit_head = Some(audit::append(self.conn, self.now, actor, action, detail)?);
         Ok(())
     }
 

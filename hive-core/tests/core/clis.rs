@@ -662,7 +662,7 @@ async fn hivectl_events_follow_prints_a_status_change_made_after_it_started() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hivectl_audit_lists_rows_and_verify_passes_on_an_intact_log() {
+async fn hivectl_audit_lists_exports_and_verifies_an_intact_log() {
     let Some(c) = Clis::start(&["alice", "bob"]) else {
         return;
     };
@@ -691,6 +691,13 @@ async fn hivectl_audit_lists_rows_and_verify_passes_on_an_intact_log() {
     let verified = c.run(c.ctl(&["audit", "verify", "--json"])).await.json();
     assert_eq!(verified["rows"], 3, "{verified}");
     assert_eq!(verified["head"], rows[2]["hash"], "{verified}");
+
+    // `audit export --since` streams the same rows as JSON lines.
+    let exported = c
+        .run(c.ctl(&["audit", "export", "--since", "1"]))
+        .await
+        .json_lines();
+    assert_eq!(exported, rows[1..].to_vec());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

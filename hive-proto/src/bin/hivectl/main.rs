@@ -141,6 +141,13 @@ enum SecretCmd {
 enum AuditCmd {
     /// Recompute the hash chain; exit 1 with the first bad row if broken.
     Verify,
+    /// Print every row after --since as one JSON object per line (with its
+    /// hash), page by page, for safekeeping outside the host.
+    Export {
+        /// Only rows with a sequence number above this.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -235,6 +242,10 @@ async fn run(cli: Cli) -> Result<()> {
             Err(e) => return Err(e.into()),
             Ok(other) => return unexpected(other),
         },
+        Cmd::Audit {
+            action: Some(AuditCmd::Export { since }),
+            ..
+        } => audit_export(&client, since).await?,
         Cmd::Audit {
             action: None,
             since,
@@ -372,6 +383,35 @@ async fn lifecycle(
             )
         }
         other => unexpected(other),
+    }
+}
+
+/// `audit export`: streams the rows after `since` as JSON lines, one page
+/// at a time, until the core has no more.
+async fn audit_export(client: &OperatorClient<AdminRequest>, mut since: u64) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let req = AdminRequest::AuditExport {
+            since,
+            limit: AUDIT_PAGE,
+        };
+        let page = match client.call(req).await? {
+            OperatorResponse::Audit(page) => page,
+            other => return unexpected(other),
+        };
+        let Some(last) = page.last().map(|r| r.seq) else {
+            return Ok(());
+        };
+        if last <= since {
+            bail!("the core returned audit rows at or before seq {since}");
+        }
+        for row in &page {
+            serde_json::to_writer(&mut out, row)?;
+            out.write_all(b"\n")?;
+        }
+        out.flush()?;
+        since = last;
     }
 }
 
