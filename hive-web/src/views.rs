@@ -118,6 +118,8 @@ pub struct DashboardPage<'a> {
     pub chrome: Chrome,
     /// Where forms on this page return to.
     pub back: String,
+    /// Why network isolation is not enforced (and so no container runs).
+    pub network_failure: Option<String>,
     pub agents: Section<Vec<AgentRow<'a>>>,
     pub questions: Section<Vec<QuestionView>>,
     pub approvals: Section<Vec<ApprovalView>>,

@@ -250,6 +250,26 @@ async fn the_dashboard_shows_agents_questions_approvals_and_recent_events() {
 }
 
 #[tokio::test]
+async fn the_dashboard_says_in_one_sentence_why_network_isolation_is_not_enforced() {
+    let app = TestApp::new();
+    let b = app.login().await;
+    let r = app.get(&b, "/").await;
+    assert!(!r.body.contains("network-banner"), "{}", r.body);
+    let why = "network isolation is not enforced (could not run nft -f -: No such file or directory (os error 2)), so no agent container runs";
+    app.core.state.lock().unwrap().network =
+        hive_proto::operator::NetworkIsolation::Failed { reason: why.into() };
+    let r = app.get(&b, "/").await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(
+        r.body.contains(&format!(
+            "<p id=\"network-banner\" class=\"banner down\">{why}</p>"
+        )),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
 async fn an_agent_page_shows_status_controls_loose_ends_messages_files_journal_and_config() {
     let app = TestApp::new();
     let b = app.login().await;

@@ -701,6 +701,22 @@ async fn hivectl_audit_lists_exports_and_verifies_an_intact_log() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hivectl_health_says_whether_network_isolation_is_in_use() {
+    let Some(c) = Clis::start(&["alice"]) else {
+        return;
+    };
+    let text = c.run(c.ctl(&["health"])).await.ok();
+    assert!(text.contains("1 agents"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "network isolation: not used by this runtime"),
+        "{text}"
+    );
+    let json = c.run(c.ctl(&["health", "--json"])).await.json();
+    assert_eq!(json["network"], "NotUsed", "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clis_fail_with_one_line_and_exit_1_on_a_bad_name_an_unknown_agent_or_a_missing_socket()
 {
     let Some(c) = Clis::start(&["alice"]) else {

@@ -40,11 +40,21 @@ pub async fn dashboard(State(state): State<AppState>, PageAuth(id): PageAuth) ->
     // Read the event position before the state: see `EventHub::last_seq`.
     let since = state.hub.last_seq();
     let op = id.operator.as_str();
-    let (agents_answer, questions_answer, approvals_answer) = tokio::join!(
+    let (agents_answer, questions_answer, approvals_answer, health_answer) = tokio::join!(
         state.read(op, Req::ListAgents),
         state.read(op, Req::Questions),
         state.read(op, Req::Pending),
+        state.read(op, Req::Health),
     );
+    // DESIGN §1.6 failing closed: the one sentence saying why no agent
+    // container runs.
+    let network_failure = match health_answer.as_ref().map(|r| r.as_ref()) {
+        Ok(Resp::Health(h)) => match &h.network {
+            hive_proto::operator::NetworkIsolation::Failed { reason } => Some(reason.clone()),
+            _ => None,
+        },
+        _ => None,
+    };
     let core_down = [&agents_answer, &questions_answer, &approvals_answer]
         .iter()
         .any(|r| r.as_ref().err().is_some_and(CoreError::is_unreachable));
@@ -69,6 +79,7 @@ pub async fn dashboard(State(state): State<AppState>, PageAuth(id): PageAuth) ->
     let page = DashboardPage {
         chrome: chrome(&state, &id, "dashboard", core_down, Some(since)),
         back: "/".into(),
+        network_failure,
         agents: agents.map_err(|e| section_error(&e)),
         questions: questions.map_err(|e| section_error(&e)),
         approvals: approvals.map_err(|e| section_error(&e)),

@@ -59,6 +59,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// The core's version, runtime, uptime and whether network isolation is
+    /// enforced; exit 1 when it should be and is not.
+    Health,
     /// List every agent with its state, status and unread count.
     Agents,
     /// Show one agent: state, status, policy, open questions, reminders.
@@ -180,6 +183,20 @@ async fn run(cli: Cli) -> Result<()> {
     };
     let json = cli.json;
     match cli.cmd {
+        Cmd::Health => match call(OperatorRequest::Health).await? {
+            OperatorResponse::Health(h) => {
+                print(json, &h, render::health)?;
+                if matches!(
+                    h.network,
+                    hive_proto::operator::NetworkIsolation::Failed { .. }
+                ) {
+                    // The sentence is printed above; the status says it too.
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(1);
+                }
+            }
+            other => return unexpected(other),
+        },
         Cmd::Agents => match call(OperatorRequest::ListAgents).await? {
             OperatorResponse::Agents(list) => print(json, list.as_slice(), render::agents)?,
             other => return unexpected(other),

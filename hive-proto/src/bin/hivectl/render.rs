@@ -107,6 +107,19 @@ fn snake<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+pub fn health(h: &hive_proto::operator::Health) -> String {
+    format!(
+        "hive-core {} ({} runtime), up {} s, {} agents ({} connected), last event {}\n{}",
+        h.version,
+        h.runtime,
+        h.uptime_ms / 1000,
+        h.agents,
+        h.connected_agents,
+        h.last_event_seq,
+        h.network.sentence()
+    )
+}
+
 pub fn agents(list: &[AgentSummary]) -> String {
     let mut t = Table::new(&[
         "NAME",
