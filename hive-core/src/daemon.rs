@@ -130,7 +130,10 @@ impl Daemon {
         unix_socket::ensure_dir(&config.runtime_dir, RUNTIME_DIR_MODE, None)?;
         unix_socket::ensure_dir(&config.state_dir, STATE_DIR_MODE, None)?;
 
-        let hive = Hive::open(config.clone()).await?;
+        // The repo is the truth for the agent set: open it (seeding it on
+        // first start) before the runtime and isolation are built from it.
+        let hive = Hive::open(config).await?;
+        let config = hive.config().clone();
         let isolation = if config.runtime.private_network() {
             Some(start_isolation(&config, &hive, opts.tools.clone()).await?)
         } else {
@@ -161,7 +164,8 @@ impl Daemon {
 
         let agents = agent_socket::bind_all(&config)?;
         sockets.extend(agents.iter().map(|s| s.path.clone()));
-        agent_socket::serve_all(agents, &hive, &shutdown, &tracker);
+        let live = agent_socket::serve_all(agents, &hive, &shutdown, &tracker);
+        hive.set_agent_sockets(Arc::new(live));
 
         // The runtime dir is root's alone: it is its own staging dir.
         let web = unix_socket::bind(
@@ -224,6 +228,9 @@ impl Daemon {
         }
 
         supervisor.reconcile().await;
+        if let Err(e) = hive.reconcile_config(&adopted).await {
+            tracing::error!(error = %e, "config reconcile failed");
+        }
         tracing::info!(
             runtime_dir = %config.runtime_dir.display(),
             state_dir = %config.state_dir.display(),

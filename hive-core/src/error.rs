@@ -20,6 +20,8 @@ pub enum Error {
     },
     #[error("store: {0}")]
     StoreOp(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Repo(#[from] crate::repo::RepoError),
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,

@@ -647,6 +647,21 @@ impl RuntimeControl for Supervisor {
         self.state_of(agent, self.inner.runtime.state(agent))
     }
 
+    fn deploy<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        spec: AgentSpec,
+        policy: &'a AgentPolicy,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            match self.set_agent(agent, spec, policy).await {
+                // Nothing runs under this runtime: the policy is all there is.
+                Err(RuntimeError::Unsupported { .. }) => Ok(()),
+                other => Ok(other?),
+            }
+        })
+    }
+
     fn agent_view(&self, agent: &AgentName) -> AgentView {
         let mut view = self.inner.runtime.view(agent);
         view.state = self.state_of(agent, view.state);

@@ -10,6 +10,8 @@
 //! - `operator`: admin.sock and web.sock peer checks (SO_PEERCRED), the
 //!   operator identity in the audit log, event streams that resume.
 //! - `audit`: `audit verify` detects a row changed behind the daemon's back.
+//! - `config_repo`: propose → approve → the agent restarts with the new
+//!   config; deny, conflict, forbidden, invalid; spawn; revert; kill -9.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
 //! - `paths`: what an agent plants at its socket path is refused for it
 //!   alone.
@@ -41,6 +43,8 @@ mod audit;
 mod authority;
 #[path = "core/clis.rs"]
 mod clis;
+#[path = "core/config_repo.rs"]
+mod config_repo;
 #[path = "core/containers.rs"]
 mod containers;
 #[path = "core/dev.rs"]

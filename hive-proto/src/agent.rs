@@ -355,7 +355,8 @@ pub struct LooseEnds {
     pub asked: Vec<Question>,
     /// Open questions addressed to me.
     pub to_me: Vec<Question>,
-    /// My config proposals and spawn requests still pending.
+    /// My config proposals and spawn requests still pending, without their
+    /// diff (`diff` is empty here; the decision comes as an inbox item).
     pub proposals: Vec<Approval>,
     pub reminders: Vec<Reminder>,
     /// Whether the lists were cut short to keep the reply under

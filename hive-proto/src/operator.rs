@@ -17,8 +17,11 @@
 //! **Architecture invariant:** every verb of operator authority lives here
 //! and nowhere in [`crate::agent`].
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
+pub use crate::agent::ProposalResult;
 use crate::event::EventRecord;
 use crate::name::{AgentName, RelPath, SecretKey};
 pub use crate::view::Approval;
@@ -240,6 +243,36 @@ pub enum AdminRequest {
     /// pages on from the last `seq` and prints JSON lines. Admin only: the
     /// gateway cannot reach the audit log.
     AuditExport { since: u64, limit: u32 },
+    /// Propose config files for `agent` as this operator (a spawn when
+    /// `agent` is not in `main`); it becomes a pending approval like an
+    /// agent's proposal. Paths are relative to `agents/<agent>/`.
+    ConfigPropose {
+        agent: AgentName,
+        files: BTreeMap<RelPath, String>,
+        message: String,
+    },
+    /// Commit the revert of `rev` on `main` and redeploy what it changes.
+    ConfigRevert { rev: String },
+    /// `main`'s history, newest first; with `agent`, only its commits.
+    ConfigLog {
+        agent: Option<AgentName>,
+        limit: u32,
+    },
+    /// The agent's files at any revision (`main`, a sha, `main~1`).
+    ConfigShow { agent: AgentName, rev: String },
+    /// The diff of the agent's files from what runs to `main`.
+    ConfigDiff { agent: AgentName },
+}
+
+/// One commit of the config repo, as `hivectl config log` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigCommit {
+    pub sha: String,
+    pub summary: String,
+    pub author: String,
+    pub committer: String,
+    /// Seconds since the epoch.
+    pub time: i64,
 }
 
 /// Most bytes of one secret's value.
@@ -450,6 +483,13 @@ pub enum OperatorResponse {
     Health(Health),
     /// The names of an agent's secrets, sorted.
     Secrets(Vec<SecretKey>),
+    /// A proposal was opened (`ConfigPropose`).
+    Proposed(ProposalResult),
+    ConfigLog(Vec<ConfigCommit>),
+    /// `main` after a `ConfigRevert`.
+    Reverted {
+        main: String,
+    },
 }
 
 /// A refused call.

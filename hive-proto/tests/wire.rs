@@ -15,13 +15,14 @@ use std::collections::BTreeSet;
 
 use bytes::BytesMut;
 use expect_test::{expect, Expect};
+use hive_proto::agent::ProposalResult;
 use hive_proto::agent::{self, AgentRequest, CancelKind, Push, RequestLine, ServerLine};
 use hive_proto::codec::{decode_frame, FrameCodec};
 use hive_proto::event::{Event, EventRecord};
 use hive_proto::operator::{
-    AdminRequest, Approval, ClientFrame, ConfigRev, DirEntry, Health, Hello, HelloReply,
-    LifecycleAction, NetworkIsolation, OperatorRequest, OperatorResponse, RpcError, SecretValue,
-    ServerFrame, Version, WebCall, WebRequest,
+    AdminRequest, Approval, ClientFrame, ConfigCommit, ConfigRev, DirEntry, Health, Hello,
+    HelloReply, LifecycleAction, NetworkIsolation, OperatorRequest, OperatorResponse, RpcError,
+    SecretValue, ServerFrame, Version, WebCall, WebRequest,
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, AuditEntry, ErrorCode, ItemKind,
@@ -417,6 +418,16 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
         (name(), secret_key()).prop_map(|(agent, key)| AdminRequest::SecretRemove { agent, key }),
         (any::<u64>(), any::<u32>())
             .prop_map(|(since, limit)| AdminRequest::AuditExport { since, limit }),
+        (name(), files(), text()).prop_map(|(agent, files, message)| AdminRequest::ConfigPropose {
+            agent,
+            files,
+            message
+        }),
+        text().prop_map(|rev| AdminRequest::ConfigRevert { rev }),
+        (prop::option::of(name()), any::<u32>())
+            .prop_map(|(agent, limit)| AdminRequest::ConfigLog { agent, limit }),
+        (name(), text()).prop_map(|(agent, rev)| AdminRequest::ConfigShow { agent, rev }),
+        name().prop_map(|agent| AdminRequest::ConfigDiff { agent }),
     ]
 }
 
@@ -557,6 +568,27 @@ fn operator_response() -> impl Strategy<Value = OperatorResponse> {
         (any::<u64>(), "[0-9a-f]{64}").prop_map(|(rows, head)| O::AuditVerified { rows, head }),
         health().prop_map(O::Health),
         prop::collection::vec(secret_key(), few.clone()).prop_map(O::Secrets),
+        (any::<u64>(), text(), "[0-9a-f]{40}").prop_map(|(approval_id, branch, commit)| {
+            O::Proposed(ProposalResult {
+                approval_id,
+                branch,
+                commit,
+            })
+        }),
+        prop::collection::vec(
+            ("[0-9a-f]{40}", text(), text(), text(), any::<i64>()).prop_map(
+                |(sha, summary, author, committer, time)| ConfigCommit {
+                    sha,
+                    summary,
+                    author,
+                    committer,
+                    time
+                }
+            ),
+            0..3
+        )
+        .prop_map(O::ConfigLog),
+        "[0-9a-f]{40}".prop_map(|main| O::Reverted { main }),
     ]
 }
 
@@ -685,6 +717,11 @@ fn admin_kind(r: &AdminRequest) -> &'static str {
         AdminRequest::SecretList { .. } => "secret_list",
         AdminRequest::SecretRemove { .. } => "secret_remove",
         AdminRequest::AuditExport { .. } => "audit_export",
+        AdminRequest::ConfigPropose { .. } => "config_propose",
+        AdminRequest::ConfigRevert { .. } => "config_revert",
+        AdminRequest::ConfigLog { .. } => "config_log",
+        AdminRequest::ConfigShow { .. } => "config_show",
+        AdminRequest::ConfigDiff { .. } => "config_diff",
     }
 }
 
@@ -707,6 +744,9 @@ fn response_kind(r: &OperatorResponse) -> &'static str {
         O::AuditVerified { .. } => "audit_verified",
         O::Health(_) => "health",
         O::Secrets(_) => "secrets",
+        O::Proposed(_) => "proposed",
+        O::ConfigLog(_) => "config_log",
+        O::Reverted { .. } => "reverted",
     }
 }
 
@@ -773,8 +813,8 @@ fn kinds<T: std::fmt::Debug>(
 #[test]
 fn strategies_cover_every_variant() {
     assert_eq!(kinds(operator_request(), request_kind).len(), 17);
-    assert_eq!(kinds(admin_request(), admin_kind).len(), 7);
-    assert_eq!(kinds(operator_response(), response_kind).len(), 16);
+    assert_eq!(kinds(admin_request(), admin_kind).len(), 12);
+    assert_eq!(kinds(operator_response(), response_kind).len(), 19);
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
     assert_eq!(kinds(event(), event_kind).len(), 15);
     // Every op the core serves is generated, and nothing else.

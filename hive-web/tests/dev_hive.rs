@@ -554,7 +554,7 @@ async fn lifecycle_and_approval_actions_reach_the_core_and_its_answer_is_shown()
         (
             "/approval/1/approve",
             vec![("back", "/agent/alice/")],
-            "approvals arrive with the config repo",
+            "no approval 1",
         ),
     ];
     for (path, fields, says) in cases {

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::hive::Hive;
+use crate::hive::{Hive, Refusal};
 use crate::unix_socket::{self, SocketSetupError};
 
 /// Requests one connection may have in flight before the core stops reading
@@ -109,6 +109,49 @@ pub fn bind_all(config: &Config) -> Result<Vec<BoundAgentSocket>, SocketSetupErr
     Ok(out)
 }
 
+/// Binds one agent's directory and socket (a spawned agent's, at run time).
+pub fn bind_one(
+    config: &Config,
+    agent: &AgentName,
+    max_connections: u32,
+) -> Result<BoundAgentSocket, SocketSetupError> {
+    let agents_dir = config.runtime_dir.join("agents");
+    unix_socket::ensure_dir(&agents_dir, AGENTS_DIR_MODE, None)?;
+    let staging = agents_dir.join(STAGING_DIR);
+    unix_socket::ensure_dir(&staging, AGENTS_DIR_MODE, None)?;
+    unix_socket::ensure_dir(&config.agent_socket_dir(agent), AGENT_DIR_MODE, None)?;
+    let path = config.agent_socket(agent);
+    let listener = unix_socket::bind(&staging, &path, AGENT_SOCKET_MODE, None)?;
+    Ok(BoundAgentSocket {
+        agent: agent.clone(),
+        path,
+        listener,
+        max_connections: max_connections as usize,
+    })
+}
+
+/// The serving agent sockets: adds a spawned agent's at run time, under the
+/// same global connection cap, shutdown and tracker as the others.
+pub struct LiveSockets {
+    global: Arc<Semaphore>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl crate::hive::AgentSockets for LiveSockets {
+    fn add(&self, hive: &Hive, agent: &AgentName, max_connections: u32) -> Result<(), Refusal> {
+        let socket = bind_one(hive.config(), agent, max_connections).map_err(|e| {
+            tracing::error!(agent = %agent, error = %e, "binding a spawned agent's socket");
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("binding {agent}'s socket failed"),
+            )
+        })?;
+        serve_one(socket, hive, &self.global, &self.shutdown, &self.tracker);
+        Ok(())
+    }
+}
+
 /// Starts one accept loop per socket. Every task is tracked by `tracker` and
 /// ends once `shutdown` is cancelled and its in-flight requests are answered.
 pub fn serve_all(
@@ -116,14 +159,31 @@ pub fn serve_all(
     hive: &Hive,
     shutdown: &CancellationToken,
     tracker: &TaskTracker,
-) {
+) -> LiveSockets {
     let global = Arc::new(Semaphore::new(MAX_AGENT_CONNECTIONS_TOTAL));
     for socket in sockets {
+        serve_one(socket, hive, &global, shutdown, tracker);
+    }
+    LiveSockets {
+        global,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    }
+}
+
+fn serve_one(
+    socket: BoundAgentSocket,
+    hive: &Hive,
+    global: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    {
         let server = AgentServer {
             agent: socket.agent,
             listener: socket.listener,
             per_agent: Arc::new(Semaphore::new(socket.max_connections)),
-            global: Arc::clone(&global),
+            global: Arc::clone(global),
             hive: hive.clone(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),

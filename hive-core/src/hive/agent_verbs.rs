@@ -101,11 +101,16 @@ impl Hive {
                         let mut budget = Budget::agent();
                         let asked = r.open_questions_by(&who, &mut |q| budget.admit(q))?;
                         let to_me = r.open_questions_to(&who, &mut |q| budget.admit(q))?;
+                        let proposals = r
+                            .pending_approvals(Some(&who))?
+                            .into_iter()
+                            .take_while(|a| budget.admit(a))
+                            .collect();
                         let reminders = r.pending_reminders(&name, &mut |m| budget.admit(m))?;
                         Ok(LooseEnds {
                             asked,
                             to_me,
-                            proposals: Vec::new(),
+                            proposals,
                             reminders,
                             truncated: budget.truncated(),
                         })
@@ -123,11 +128,33 @@ impl Hive {
                 json(Done {})
             }
             AgentRequest::Remind { in_s, at, body } => json(self.remind(me, in_s, at, body).await?),
-            AgentRequest::ProposeConfig { .. } | AgentRequest::RequestSpawn { .. } => {
-                Err(Refusal::new(
-                    ErrorCode::Unsupported,
-                    "this core has no config repo yet: proposals cannot be made",
-                ))
+            AgentRequest::ProposeConfig {
+                agent,
+                files,
+                message,
+            } => {
+                if !policy.may_propose_for(me, &agent) {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!("your policy does not let you propose config for {agent}"),
+                    ));
+                }
+                let who = Principal::Agent(me.clone());
+                json(
+                    self.propose(who, actor(me), agent, files, message, false)
+                        .await?,
+                )
+            }
+            AgentRequest::RequestSpawn {
+                name,
+                files,
+                message,
+            } => {
+                let who = Principal::Agent(me.clone());
+                json(
+                    self.propose(who, actor(me), name, files, message, true)
+                        .await?,
+                )
             }
         }
     }
@@ -223,11 +250,10 @@ impl Hive {
                 vec![Principal::Agent(peer.clone())]
             }
             Recipient::All => self
-                .config()
-                .agents
-                .keys()
-                .filter(|a| *a != me && allowed.allows_agent(a))
-                .map(|a| Principal::Agent(a.clone()))
+                .agent_names()
+                .into_iter()
+                .filter(|a| a != me && allowed.allows_agent(a))
+                .map(Principal::Agent)
                 .collect(),
         };
         let quotas = self.quotas_of(me)?;

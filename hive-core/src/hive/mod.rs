@@ -7,6 +7,7 @@
 //! This module must never read a byte from a peer, and never decide identity.
 
 mod agent_verbs;
+mod config_verbs;
 mod operator_verbs;
 pub mod quota;
 pub mod reply_budget;
@@ -17,7 +18,8 @@ mod tests;
 
 pub use agent_verbs::MAX_OPTION;
 
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Instant;
 
 use futures::future::BoxFuture;
@@ -34,6 +36,8 @@ use tokio::sync::broadcast;
 
 use crate::config::{AgentPolicy, Config};
 use crate::hub::{ConnectionGuard, Hub};
+use crate::repo::ConfigRepo;
+use crate::runtime::AgentSpec;
 use crate::store::{Store, StoreError};
 use crate::Error;
 
@@ -135,10 +139,26 @@ pub trait RuntimeControl: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Vec<String>, Refusal>>;
     /// What the runtime last saw of the agent.
     fn run_state(&self, agent: &AgentName) -> RunState;
+    /// Runs `agent` from `spec` and `policy` from now on (an approved
+    /// config or a spawn): the runtime gets the spec and the agent is
+    /// (re)started so it runs what the config now says. A runtime that runs
+    /// nothing (`detached`) accepts it as done.
+    fn deploy<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        spec: AgentSpec,
+        policy: &'a AgentPolicy,
+    ) -> BoxFuture<'a, Result<(), Refusal>>;
     /// The runtime's half of the agent's status row.
     fn agent_view(&self, agent: &AgentName) -> crate::runtime::AgentView {
         crate::runtime::AgentView::of_state(self.run_state(agent))
     }
+}
+
+/// Binds a spawned agent's socket and serves it, at run time (the daemon
+/// binds the others at start).
+pub trait AgentSockets: Send + Sync + 'static {
+    fn add(&self, hive: &Hive, agent: &AgentName, max_connections: u32) -> Result<(), Refusal>;
 }
 
 /// What [`Hive::events_after`] found for a resuming subscriber.
@@ -160,7 +180,16 @@ pub struct Hive {
 }
 
 struct Inner {
+    /// The daemon config, with `agents` replaced by the config repo's
+    /// `main` as it was at start (the repo is the truth after seeding).
     config: Config,
+    /// The live agent set and each agent's deployed policy: approvals
+    /// change policies and spawns add agents while the hive runs.
+    policies: RwLock<BTreeMap<AgentName, Arc<AgentPolicy>>>,
+    repo: Arc<ConfigRepo>,
+    /// One deploy at a time, so two approvals for one agent apply in order.
+    deploy_lock: tokio::sync::Mutex<()>,
+    agent_sockets: OnceLock<Arc<dyn AgentSockets>>,
     store: Store,
     hub: Arc<Hub>,
     started: Instant,
@@ -174,15 +203,27 @@ struct Inner {
 }
 
 impl Hive {
-    /// Opens the store and registers the configured agents.
-    pub async fn open(config: Config) -> Result<Self, Error> {
+    /// Opens the config repo (seeding it from the daemon config on first
+    /// start) and the store, and registers the repo's agents.
+    pub async fn open(mut config: Config) -> Result<Self, Error> {
         let hub = Arc::new(Hub::new());
+        let (repo, agents) = config_verbs::open_repo(&config)?;
+        config.agents = agents;
         let store = Store::open(&config.store_path(), Arc::clone(&hub))?;
         store
             .register_agents(config.agents.keys().cloned().collect())
             .await?;
+        let policies = config
+            .agents
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+            .collect();
         Ok(Self {
             inner: Arc::new(Inner {
+                policies: RwLock::new(policies),
+                repo: Arc::new(repo),
+                deploy_lock: tokio::sync::Mutex::new(()),
+                agent_sockets: OnceLock::new(),
                 config,
                 store,
                 hub,
@@ -207,9 +248,40 @@ impl Hive {
         &self.inner.hub
     }
 
-    /// The configured agent's policy, or `None` if no such agent.
-    pub fn policy(&self, agent: &AgentName) -> Option<&AgentPolicy> {
-        self.inner.config.agents.get(agent)
+    /// The agent's deployed policy, or `None` if no such agent.
+    pub fn policy(&self, agent: &AgentName) -> Option<Arc<AgentPolicy>> {
+        self.policies().get(agent).cloned()
+    }
+
+    /// Every live agent's name, sorted.
+    pub fn agent_names(&self) -> Vec<AgentName> {
+        self.policies().keys().cloned().collect()
+    }
+
+    fn policies(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<AgentName, Arc<AgentPolicy>>> {
+        self.inner
+            .policies
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_policy(&self, agent: &AgentName, policy: AgentPolicy) {
+        self.inner
+            .policies
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(agent.clone(), Arc::new(policy));
+    }
+
+    /// The config repo.
+    pub fn repo(&self) -> &Arc<ConfigRepo> {
+        &self.inner.repo
+    }
+
+    /// Installs what binds a spawned agent's socket at run time. Only the
+    /// first call takes effect.
+    pub fn set_agent_sockets(&self, sockets: Arc<dyn AgentSockets>) {
+        let _ = self.inner.agent_sockets.set(sockets);
     }
 
     /// Marks a connection on `agent`'s socket open until the guard drops.

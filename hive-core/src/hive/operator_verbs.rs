@@ -44,19 +44,24 @@ impl Hive {
                 rt.lifecycle(&name, action).await?;
                 Ok(OperatorResponse::Done)
             }
-            OperatorRequest::Pending => Ok(OperatorResponse::Approvals(Vec::new())),
-            OperatorRequest::Approve { .. }
-            | OperatorRequest::Deny { .. }
-            | OperatorRequest::ApprovalDiff { .. } => Err(Refusal::new(
-                ErrorCode::Unsupported,
-                "approvals arrive with the config repo; this hive has none pending",
-            )),
-            OperatorRequest::AgentConfig { agent, .. } => {
+            OperatorRequest::Pending => {
+                Ok(OperatorResponse::Approvals(self.pending_approvals().await?))
+            }
+            OperatorRequest::Approve { id } => {
+                self.approve(who.actor(), id).await?;
+                Ok(OperatorResponse::Done)
+            }
+            OperatorRequest::Deny { id, reason } => {
+                self.deny(who.actor(), id, reason).await?;
+                Ok(OperatorResponse::Done)
+            }
+            OperatorRequest::ApprovalDiff { id } => {
+                Ok(OperatorResponse::Diff(self.approval_diff(id).await?))
+            }
+            OperatorRequest::AgentConfig { agent, rev } => {
                 self.known(&agent)?;
-                Err(Refusal::new(
-                    ErrorCode::Unsupported,
-                    "agent configs arrive with the config repo",
-                ))
+                let (sha, files) = self.agent_config(agent, rev).await?;
+                Ok(OperatorResponse::Config { sha, files })
             }
             OperatorRequest::Questions => {
                 let qs = self
@@ -249,10 +254,20 @@ impl Hive {
 
     /// Every configured agent's dashboard row.
     pub async fn summaries(&self) -> Result<Vec<AgentSummary>, Refusal> {
-        let rows = self.store().read(|r| r.agents()).await?;
-        Ok(rows
+        let rows: Vec<_> = self
+            .store()
+            .read(|r| r.agents())
+            .await?
             .into_iter()
             .filter(|row| self.policy(&row.name).is_some())
+            .collect();
+        let deployed = rows
+            .iter()
+            .map(|r| (r.name.clone(), r.deployed_sha.clone()))
+            .collect();
+        let (main, stale) = self.deploy_state(deployed).await?;
+        Ok(rows
+            .into_iter()
             .map(|row| {
                 let view = self.agent_view(&row.name);
                 AgentSummary {
@@ -263,8 +278,8 @@ impl Hive {
                     unread: row.unread,
                     open_questions: row.open_questions,
                     deployed_sha: row.deployed_sha,
-                    main_sha: None,
-                    needs_update: false,
+                    main_sha: Some(main.clone()),
+                    needs_update: stale.get(&row.name).copied().unwrap_or(true),
                     manager: self.policy(&row.name).is_some_and(|p| p.manager),
                     container: view.container,
                     uid_range: view.uid_range.map(|r| hive_proto::view::UidRange {

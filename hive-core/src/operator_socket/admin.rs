@@ -113,6 +113,7 @@ impl Endpoint for AdminEndpoint {
             AdminRequest::AuditExport { since, limit } => {
                 hive.audit_export(&caller, since, limit).await
             }
+            other => hive.admin_config_call(&caller, other).await,
         };
         result.map_err(RpcError::from)
     }

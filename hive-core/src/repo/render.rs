@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use hive_proto::AgentName;
 
-use crate::config::{AgentPolicy, EgressPolicy, RestartPolicy};
+use crate::config::{AgentPolicy, EgressPolicy, Quotas, RestartPolicy};
 
 /// The first line of the generated `flake.nix`, so a reader knows not to
 /// edit it.
@@ -63,89 +63,94 @@ pub fn flake_nix<'a>(agents: impl IntoIterator<Item = &'a AgentName>) -> String 
 }
 
 /// `agent.toml` text that validates back into `policy` (the daemon config's
-/// `[agents.<name>]`, seeded into the repo on first start).
+/// `[agents.<name>]`, seeded into the repo on first start). The policy is
+/// destructured without `..`, so a key added to [`AgentPolicy`] does not
+/// compile until it is written here too.
 pub fn agent_toml(policy: &AgentPolicy) -> String {
     use toml::Value;
+    let AgentPolicy {
+        allowed_recipients,
+        max_reminders,
+        max_open_questions,
+        max_connections,
+        command,
+        env,
+        manager,
+        can_propose_for,
+        idle_timeout,
+        restart,
+        limits,
+        egress,
+        allow_hosts,
+        quotas,
+    } = policy;
+    let Quotas {
+        max_unacked,
+        max_unacked_bytes,
+        send_rate,
+        send_burst,
+        status_rate,
+    } = quotas;
     let mut t = toml::map::Map::new();
+    let mut put = |k: &str, v: Value| {
+        t.insert(k.to_owned(), v);
+    };
     let strings = |v: Vec<String>| Value::Array(v.into_iter().map(Value::String).collect());
-    if let Some(cmd) = &policy.command {
-        t.insert("command".into(), strings(cmd.clone()));
+    let int = |n: u64| Value::Integer(i64::try_from(n).unwrap_or(i64::MAX));
+    if let Some(cmd) = command {
+        put("command", strings(cmd.clone()));
     }
-    if !policy.env.is_empty() {
-        let env: toml::map::Map<String, Value> = policy
-            .env
+    if !env.is_empty() {
+        let env: toml::map::Map<String, Value> = env
             .iter()
             .map(|(k, v)| (k.clone(), Value::String(v.clone())))
             .collect();
-        t.insert("env".into(), Value::Table(env));
+        put("env", Value::Table(env));
     }
-    t.insert("manager".into(), Value::Boolean(policy.manager));
-    t.insert(
-        "can_propose_for".into(),
-        strings(
-            policy
-                .can_propose_for
-                .iter()
-                .map(|a| a.to_string())
-                .collect(),
-        ),
+    put("manager", Value::Boolean(*manager));
+    put(
+        "can_propose_for",
+        strings(can_propose_for.iter().map(|a| a.to_string()).collect()),
     );
-    t.insert(
-        "allowed_recipients".into(),
-        strings(policy.allowed_recipients.to_strings()),
+    put(
+        "allowed_recipients",
+        strings(allowed_recipients.to_strings()),
     );
-    t.insert(
-        "idle_timeout".into(),
-        Value::Integer(policy.idle_timeout.map_or(0, |d| d.as_secs() as i64)),
-    );
-    t.insert(
-        "restart".into(),
-        Value::String(
-            match policy.restart {
-                RestartPolicy::OnFailure => "on-failure",
-                RestartPolicy::Never => "never",
-            }
-            .into(),
-        ),
-    );
-    let mut limits = toml::map::Map::new();
-    if let Some(m) = policy.limits.memory_bytes {
-        limits.insert("memory".into(), Value::Integer(m as i64));
+    put("idle_timeout", int(idle_timeout.map_or(0, |d| d.as_secs())));
+    let restart = match restart {
+        RestartPolicy::OnFailure => "on-failure",
+        RestartPolicy::Never => "never",
+    };
+    put("restart", Value::String(restart.into()));
+    let mut lim = toml::map::Map::new();
+    if let Some(m) = limits.memory_bytes {
+        lim.insert("memory".into(), int(m));
     }
-    if let Some(c) = policy.limits.cpu_millicores {
-        limits.insert("cpu".into(), Value::Float(f64::from(c) / 1000.0));
+    if let Some(c) = limits.cpu_millicores {
+        lim.insert("cpu".into(), Value::Float(f64::from(c) / 1000.0));
     }
-    if !limits.is_empty() {
-        t.insert("limits".into(), Value::Table(limits));
+    if !lim.is_empty() {
+        put("limits", Value::Table(lim));
     }
-    t.insert(
-        "egress".into(),
-        Value::String(
-            match policy.egress {
-                EgressPolicy::Allow => "allow",
-                EgressPolicy::Deny => "deny",
-            }
-            .into(),
-        ),
-    );
-    if !policy.allow_hosts.is_empty() {
-        t.insert(
-            "allow_hosts".into(),
-            strings(policy.allow_hosts.iter().map(|n| n.to_string()).collect()),
+    let egress = match egress {
+        EgressPolicy::Allow => "allow",
+        EgressPolicy::Deny => "deny",
+    };
+    put("egress", Value::String(egress.into()));
+    if !allow_hosts.is_empty() {
+        put(
+            "allow_hosts",
+            strings(allow_hosts.iter().map(|n| n.to_string()).collect()),
         );
     }
-    t.insert(
-        "max_reminders".into(),
-        Value::Integer(policy.max_reminders.into()),
-    );
-    t.insert(
-        "max_open_questions".into(),
-        Value::Integer(policy.max_open_questions.into()),
-    );
-    t.insert(
-        "max_connections".into(),
-        Value::Integer(policy.max_connections.into()),
-    );
+    put("max_reminders", int((*max_reminders).into()));
+    put("max_open_questions", int((*max_open_questions).into()));
+    put("max_connections", int((*max_connections).into()));
+    put("max_unacked", int(*max_unacked));
+    put("max_unacked_bytes", int(*max_unacked_bytes));
+    put("send_rate", int((*send_rate).into()));
+    put("send_burst", int((*send_burst).into()));
+    put("status_rate", int((*status_rate).into()));
     // A table of plain values always serializes.
     toml::to_string(&Value::Table(t)).unwrap_or_default()
 }
@@ -178,6 +183,9 @@ mod tests {
             egress = "deny"
             allow_hosts = ["203.0.113.7"]
             max_reminders = 3
+            send_rate = 7
+            status_rate = 2
+            max_unacked = 5000
             "#,
         )
         .unwrap();

@@ -447,6 +447,27 @@ impl RuntimeControl for Control {
         self.0.state(agent)
     }
 
+    fn deploy<'a>(
+        &'a self,
+        agent: &'a AgentName,
+        spec: AgentSpec,
+        _policy: &'a AgentPolicy,
+    ) -> BoxFuture<'a, Result<(), Refusal>> {
+        Box::pin(async move {
+            let rt = self.0.as_ref();
+            match rt.set_agent(agent, spec).await {
+                Err(RuntimeError::Unsupported { .. }) => return Ok(()),
+                other => other?,
+            }
+            match rt.state(agent) {
+                RunState::Stopped | RunState::Crashed | RunState::Idle | RunState::Unknown => {
+                    Ok(rt.start(agent).await?)
+                }
+                _ => Ok(rt.restart(agent).await?),
+            }
+        })
+    }
+
     fn agent_view(&self, agent: &AgentName) -> AgentView {
         self.0.view(agent)
     }

@@ -22,6 +22,7 @@
 //! policy (who may do what is `crate::hive`'s business) and never talks to a
 //! peer.
 
+mod approvals;
 mod audit;
 mod read;
 mod runtime_rows;
@@ -43,6 +44,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::hub::Hub;
 use crate::Error;
 
+pub use approvals::{ApprovalRow, NewApproval};
 pub use audit::{AuditReport, Head as AuditHead};
 pub use read::Reader;
 pub use supervision::{CrashRecord, CrashRow};

@@ -60,6 +60,26 @@ CREATE TABLE IF NOT EXISTS reminders (
 );
 CREATE INDEX IF NOT EXISTS reminders_pending ON reminders(state, due_at);
 
+-- Config proposals and spawn requests (owned by the config repo's verbs in
+-- hive::config_verbs). `commit_sha` is the proposal commit on
+-- proposals/<id>; `diff` is computed from the repo when shown.
+CREATE TABLE IF NOT EXISTS approvals (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    agent       TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    proposer    TEXT NOT NULL,
+    message     TEXT NOT NULL,
+    commit_sha  TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    state       TEXT NOT NULL,
+    conflict    TEXT,
+    decided_by  TEXT,
+    decided_at  INTEGER,
+    reason      TEXT,
+    merged_sha  TEXT
+);
+CREATE INDEX IF NOT EXISTS approvals_state ON approvals(state, id);
+
 -- The event stream; `seq` is never reused (AUTOINCREMENT), body is postcard.
 CREATE TABLE IF NOT EXISTS events (
     seq  INTEGER PRIMARY KEY AUTOINCREMENT,

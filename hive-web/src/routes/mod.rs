@@ -88,6 +88,9 @@ pub fn response_name(r: &OperatorResponse) -> &'static str {
         OperatorResponse::AuditVerified { .. } => "AuditVerified",
         OperatorResponse::Health(_) => "Health",
         OperatorResponse::Secrets(_) => "Secrets",
+        OperatorResponse::Proposed(_) => "Proposed",
+        OperatorResponse::ConfigLog(_) => "ConfigLog",
+        OperatorResponse::Reverted { .. } => "Reverted",
     }
 }
 
