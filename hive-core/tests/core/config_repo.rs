@@ -369,7 +369,7 @@ async fn kill_9_right_after_an_approval_deploys_it_once_and_shows_it_decided() {
     hive.start();
     let s = wait_deployed(&hive, "alice").await;
     assert!(
-        modes(&hive, "alice").last().map(String::as_str) == Some("fast"),
+        poll_until(|| modes(&hive, "alice").last().map(String::as_str) == Some("fast")).await,
         "{:?}",
         modes(&hive, "alice")
     );
