@@ -13,6 +13,8 @@
 //! - `config_repo`: propose → approve → the agent restarts with the new
 //!   config; deny, conflict, forbidden, invalid; spawn; revert; kill -9.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
+//! - `disk_full`: a store on a full tmpfs refuses cleanly, recovers, loses
+//!   nothing.
 //! - `paths`: what an agent plants at its socket path is refused for it
 //!   alone.
 //! - `quota`: an agent flooding `send`/`status` is refused or coalesced
@@ -49,6 +51,8 @@ mod config_repo;
 mod containers;
 #[path = "core/dev.rs"]
 mod dev;
+#[path = "core/disk_full.rs"]
+mod disk_full;
 #[path = "core/durability.rs"]
 mod durability;
 #[path = "core/harness.rs"]

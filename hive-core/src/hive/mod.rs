@@ -85,6 +85,13 @@ impl From<StoreError> for Refusal {
             StoreError::Closed => {
                 Refusal::new(ErrorCode::Unavailable, "the store is shutting down")
             }
+            ref e if e.is_disk_full() => {
+                tracing::error!(error = %e, "store write refused: the disk is full");
+                Refusal::new(
+                    ErrorCode::Unavailable,
+                    "the hive's disk is full: nothing was written; retry once space is freed",
+                )
+            }
             other => {
                 tracing::error!(error = %other, "store failure");
                 Refusal::new(ErrorCode::Internal, "internal error (see the core's log)")

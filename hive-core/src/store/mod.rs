@@ -89,6 +89,17 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether SQLite failed because the disk (or its quota) is full.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            Self::Commit(msg) => msg.contains("disk is full"),
+            _ => false,
+        }
+    }
+
     pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
         Self::Refused {
             code,
