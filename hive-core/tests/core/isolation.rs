@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -249,6 +248,27 @@ fn open_ones(ns: &Netns, targets: &[String]) -> Vec<String> {
     ns.open_among(targets)
 }
 
+/// The reconcile loop on the host's thread until `stop`; each loss of
+/// enforcement it reports is pushed onto `failures`.
+fn spawn_reconcile(
+    w: &World,
+    iso: &Isolation,
+    stop: &CancellationToken,
+    failures: &Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::thread::JoinHandle<()> {
+    let (iso, stop, failures) = (iso.clone(), stop.clone(), Arc::clone(failures));
+    w.host.spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(iso.run_reconcile(stop, |reason| {
+                failures.lock().unwrap().push(reason);
+                async {}
+            }))
+    })
+}
+
 /// Waits until `check` holds; the time it took.
 fn wait_for(what: &str, mut check: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
@@ -383,20 +403,8 @@ EOF");
     // Deleting the table, or flushing one chain, is repaired by the
     // reconcile loop, and the probes fail again.
     let stop = CancellationToken::new();
-    let failures = Arc::new(AtomicUsize::new(0));
-    let reconcile = {
-        let (iso, stop, failures) = (iso.clone(), stop.clone(), Arc::clone(&failures));
-        w.host.spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(iso.run_reconcile(stop, |_| {
-                    failures.fetch_add(1, Ordering::SeqCst);
-                    async {}
-                }))
-        })
-    };
+    let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reconcile = spawn_reconcile(&w, &iso, &stop, &failures);
     let gateway = format!("10.213.0.1:{PORT}");
     w.nft(&format!("delete table inet {TABLE}"));
     let took = wait_for("the table's return", || w.table_present());
@@ -409,7 +417,7 @@ EOF");
     eprintln!("flushed chain restored after {} ms", took.as_millis());
     assert_eq!(alice.tcp_probe(&gateway), None);
     assert!(open_ones(alice, &forbidden_targets(&w, "alice", 0)).is_empty());
-    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    assert!(failures.lock().unwrap().is_empty());
 
     // Clean shutdown removes the table.
     stop.cancel();
@@ -537,19 +545,7 @@ fn without_a_working_nft_no_agent_is_attached_and_running_ones_are_stopped() {
     w.attach_all(&iso);
     let stop = CancellationToken::new();
     let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let reconcile = {
-        let (iso, stop, failures) = (iso.clone(), stop.clone(), Arc::clone(&failures));
-        w.host.spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(iso.run_reconcile(stop, |reason| {
-                    failures.lock().unwrap().push(reason);
-                    async {}
-                }))
-        })
-    };
+    let reconcile = spawn_reconcile(&w, &iso, &stop, &failures);
     std::fs::write(&flag, "").unwrap();
     w.nft(&format!("delete table inet {TABLE}"));
     wait_for("the loss to be reported", || {
