@@ -379,6 +379,7 @@ pub fn runtime_from_config(
                 hide,
                 stop_grace: STOP_GRACE,
                 sandbox: true,
+                allow_unsandboxed: config.allow_unsandboxed,
             })))
         }
     }

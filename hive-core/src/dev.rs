@@ -69,6 +69,9 @@ pub struct DevOptions {
     /// `--harness 'CMD ARGS'`: agents run `hive-agent run -- /bin/sh -c
     /// 'CMD ARGS'` instead of `hive-agent demo`.
     pub harness: Option<String>,
+    /// Run the demo agents even where nothing can isolate them (a banner on
+    /// every page then says so).
+    pub allow_unsandboxed: bool,
 }
 
 /// Why `dev` could not start; each is one sentence.
@@ -76,6 +79,8 @@ pub struct DevOptions {
 pub enum DevError {
     #[error("--runtime nspawn arrives with the containers issue; use --runtime process for now")]
     NspawnNotYet,
+    #[error("no runtime can isolate agents here: install the package bubblewrap (or systemd-container, and run as root, for --runtime nspawn), or pass --allow-unsandboxed to run them without isolation")]
+    NoIsolation,
     #[error("--agents names no agent")]
     NoAgents,
     #[error("state dir {path}: {why}")]
@@ -111,6 +116,10 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
     }
     if opts.agents.is_empty() {
         return Err(DevError::NoAgents);
+    }
+    let sandbox_works = opts.no_demo || crate::runtime::process::bubblewrap_works();
+    if !sandbox_works && !opts.allow_unsandboxed {
+        return Err(DevError::NoIsolation);
     }
     let web_bin = match opts.no_web {
         true => None,
@@ -180,7 +189,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         } else {
             RuntimeKind::Process
         },
-        allow_unsandboxed: false,
+        allow_unsandboxed: opts.allow_unsandboxed,
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,
         network: crate::config::NetworkConfig::default(),
         restart: crate::config::RestartSettings::default(),

@@ -76,6 +76,10 @@ enum Cmd {
         /// loop around a real CLI) instead of the scripted demo.
         #[arg(long, value_name = "CMD ARGS", conflicts_with = "no_demo")]
         harness: Option<String>,
+        /// Run the agents even where nothing can isolate them (every page
+        /// then carries a banner saying so).
+        #[arg(long)]
+        allow_unsandboxed: bool,
     },
 }
 
@@ -154,6 +158,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             web_bin,
             agent_bin,
             harness,
+            allow_unsandboxed,
         } => {
             let agents = match agents {
                 Some(list) => list,
@@ -175,6 +180,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 web_bin,
                 agent_bin,
                 harness,
+                allow_unsandboxed,
             };
             dev::run(opts, stop).await?;
         }

@@ -662,6 +662,10 @@ impl RuntimeControl for Supervisor {
         })
     }
 
+    fn unsandboxed(&self) -> bool {
+        self.inner.runtime.unsandboxed()
+    }
+
     fn agent_view(&self, agent: &AgentName) -> AgentView {
         let mut view = self.inner.runtime.view(agent);
         view.state = self.state_of(agent, view.state);

@@ -23,6 +23,8 @@
 //!   socket only, uid ranges, lifecycle, crash seen at once, adoption, OOM,
 //!   destroy --purge.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
+//! - `sandbox`: the process runtime refuses to run agents without
+//!   bubblewrap unless `allow_unsandboxed`, and then `Health` says so.
 //! - `supervision`: crashes recorded, raised and reported to managers;
 //!   restart policies and their backoff cap; idle stop and wake on demand.
 //! - `mcp`: `hive-agent mcp` driven by the official MCP Python SDK.
@@ -70,6 +72,8 @@ mod secrets;
 mod paths;
 #[path = "core/quota.rs"]
 mod quota;
+#[path = "core/sandbox.rs"]
+mod sandbox;
 #[path = "core/startup.rs"]
 mod startup;
 #[path = "core/supervision.rs"]

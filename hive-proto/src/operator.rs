@@ -419,6 +419,9 @@ pub struct Health {
     pub last_event_seq: u64,
     /// Whether containers are kept off the host and each other.
     pub network: NetworkIsolation,
+    /// Agents run with no isolation at all (the `process` runtime without
+    /// bubblewrap, allowed by `allow_unsandboxed`): every page says so.
+    pub unsandboxed: bool,
 }
 
 /// The state of the hive's nftables table (DESIGN §1.6), as `Health`

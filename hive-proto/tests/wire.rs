@@ -519,9 +519,19 @@ fn health() -> impl Strategy<Value = Health> {
             any::<u64>().prop_map(|repairs| NetworkIsolation::Enforced { repairs }),
             text().prop_map(|reason| NetworkIsolation::Failed { reason }),
         ],
+        any::<bool>(),
     )
         .prop_map(
-            |(version, runtime, uptime_ms, agents, connected_agents, last_event_seq, network)| {
+            |(
+                version,
+                runtime,
+                uptime_ms,
+                agents,
+                connected_agents,
+                last_event_seq,
+                network,
+                unsandboxed,
+            )| {
                 Health {
                     version,
                     runtime,
@@ -530,6 +540,7 @@ fn health() -> impl Strategy<Value = Health> {
                     connected_agents,
                     last_event_seq,
                     network,
+                    unsandboxed,
                 }
             },
         )

@@ -139,6 +139,7 @@ async fn main() {
         agents: Some(names.join(",")),
         no_demo: true,
         no_web: true,
+        ..DevOpts::default()
     });
     assert!(
         hive.wait_for_socket(Duration::from_secs(120)),

@@ -214,7 +214,10 @@ async fn follow_events(link: Weak<SocketLink>, hub: Arc<EventHub>) {
         // there rather than replaying its whole history, and a head behind
         // ours means the store was replaced and pages must reload.
         let head = match health.await {
-            Ok(OperatorResponse::Health(h)) => h.last_event_seq,
+            Ok(OperatorResponse::Health(h)) => {
+                hub.set_unsandboxed(h.unsandboxed);
+                h.last_event_seq
+            }
             _ => {
                 tokio::time::sleep(backoff.next()).await;
                 continue;

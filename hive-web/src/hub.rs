@@ -49,6 +49,8 @@ pub struct EventHub {
     ring: Mutex<Ring>,
     tx: broadcast::Sender<HubMsg>,
     core_up: AtomicBool,
+    /// The core's last `Health` said its agents run without isolation.
+    unsandboxed: AtomicBool,
 }
 
 /// Every event with `base < seq <= last` that the core sent is in `events`.
@@ -78,6 +80,7 @@ impl EventHub {
             }),
             tx,
             core_up: AtomicBool::new(false),
+            unsandboxed: AtomicBool::new(false),
         }
     }
 
@@ -137,6 +140,16 @@ impl EventHub {
     /// Whether the core link is up right now.
     pub fn core_up(&self) -> bool {
         self.core_up.load(Ordering::SeqCst)
+    }
+
+    /// Records what the core's `Health` said about isolation.
+    pub fn set_unsandboxed(&self, unsandboxed: bool) {
+        self.unsandboxed.store(unsandboxed, Ordering::SeqCst);
+    }
+
+    /// Whether every page must say the agents are not isolated.
+    pub fn unsandboxed(&self) -> bool {
+        self.unsandboxed.load(Ordering::SeqCst)
     }
 
     /// Starts following after `since`.

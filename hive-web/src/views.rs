@@ -72,6 +72,8 @@ pub struct Chrome {
     pub flash: Option<Flash>,
     /// The core could not be reached while rendering.
     pub core_down: bool,
+    /// The core runs its agents without isolation (`allow_unsandboxed`).
+    pub unsandboxed: bool,
     /// The event sequence this page's state is at least as new as; the
     /// script follows `/api/events` from here. `None` disables the script.
     pub since: Option<u64>,

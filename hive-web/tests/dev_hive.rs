@@ -190,6 +190,7 @@ async fn against_the_real_core_a_tailscale_login_counts_only_from_loopback_and_o
         agents: Some("alice".into()),
         no_demo: true,
         no_web: true,
+        ..DevOpts::default()
     });
     assert!(hive.wait_for_socket(READY), "core:\n{}", hive.log());
     let token = hive.token();
@@ -325,6 +326,7 @@ async fn a_non_root_process_on_loopback_sending_the_tailscale_header_gets_no_ses
         agents: Some("alice".into()),
         no_demo: true,
         no_web: true,
+        ..DevOpts::default()
     });
     assert!(hive.wait_for_socket(READY), "core:\n{}", hive.log());
     // tailscaled's uid is root's (the default); the gateway itself runs as
@@ -583,6 +585,7 @@ async fn when_the_core_stops_pages_say_so_actions_are_503_and_the_gateway_comes_
         agents: Some("alice".into()),
         no_demo: true,
         no_web: true,
+        ..DevOpts::default()
     });
     assert!(
         hive.wait_for_socket(READY),
@@ -717,4 +720,75 @@ async fn when_the_core_stops_pages_say_so_actions_are_503_and_the_gateway_comes_
         ),
     )
     .unwrap();
+}
+
+/// A directory holding a `bwrap` that always fails, and a `PATH` that
+/// finds it first: bubblewrap made unusable.
+fn broken_bwrap_path() -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fake = dir.path().join("bwrap");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'bwrap: broken on purpose' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/local/bin:/usr/bin:/bin", dir.path().display());
+    (dir, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_bubblewrap_dev_refuses_in_one_sentence_and_allow_unsandboxed_puts_a_banner_on_every_page(
+) {
+    if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
+        return;
+    }
+    let (_fake, path) = broken_bwrap_path();
+    let mut refused = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        path: Some(path.clone()),
+        ..DevOpts::default()
+    });
+    let t = Instant::now();
+    let status = refused
+        .wait_exit(READY)
+        .expect("dev should refuse and exit");
+    println!("refused after {:?}", t.elapsed());
+    assert!(!status.success());
+    let log = refused.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("no runtime can isolate agents here"))
+        .unwrap_or_else(|| panic!("no refusal sentence in:\n{log}"));
+    assert!(line.contains("install the package bubblewrap"), "{line}");
+    assert!(line.contains("--allow-unsandboxed"), "{line}");
+
+    let hive = DevHive::start(DevOpts {
+        agents: Some("alice".into()),
+        path: Some(path),
+        allow_unsandboxed: true,
+        ..DevOpts::default()
+    });
+    hive.wait_ready(READY).await;
+    let http = hive.http();
+    let cookie = http.login(&hive.token()).await.expect("login");
+    const BANNER: &str = "agents are not isolated";
+    for page in ["/", "/agent/alice/", "/agent/alice/state/"] {
+        // The gateway learns it from the core's Health on its first contact.
+        let body = common::poll(READY, Duration::from_millis(100), || {
+            let (http, cookie) = (http.clone(), cookie.clone());
+            async move {
+                let r = http.get(page, &[("cookie", &cookie)]).await.ok()?;
+                (r.status == 200 && r.body.contains(BANNER)).then_some(r.body)
+            }
+        })
+        .await;
+        assert!(
+            body.is_some(),
+            "{page} has no banner; core log:\n{}",
+            hive.log()
+        );
+        println!("{page} bannered after {:?}", t.elapsed());
+    }
 }

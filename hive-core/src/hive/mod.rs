@@ -156,6 +156,10 @@ pub trait RuntimeControl: Send + Sync + 'static {
         spec: AgentSpec,
         policy: &'a AgentPolicy,
     ) -> BoxFuture<'a, Result<(), Refusal>>;
+    /// Agents run without isolation (shown as a banner on every page).
+    fn unsandboxed(&self) -> bool {
+        false
+    }
     /// The runtime's half of the agent's status row.
     fn agent_view(&self, agent: &AgentName) -> crate::runtime::AgentView {
         crate::runtime::AgentView::of_state(self.run_state(agent))

@@ -171,6 +171,7 @@ impl Hive {
                     connected_agents,
                     last_event_seq,
                     network: self.network_isolation(),
+                    unsandboxed: self.runtime().is_some_and(|r| r.unsandboxed()),
                 }))
             }
         }

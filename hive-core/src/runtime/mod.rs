@@ -233,6 +233,8 @@ pub enum RuntimeError {
     AlreadyRunning(AgentName),
     #[error("agent {0} is not running")]
     NotRunning(AgentName),
+    #[error("agent {0} not started: {msg}", msg = process::NO_SANDBOX)]
+    NoSandbox(AgentName),
     #[error("starting agent {agent}: {what}: {source}")]
     Spawn {
         agent: AgentName,
@@ -288,6 +290,7 @@ impl From<RuntimeError> for Refusal {
             RuntimeError::Unsupported { .. } => ErrorCode::Unsupported,
             RuntimeError::UnknownAgent(_) => ErrorCode::NotFound,
             RuntimeError::AlreadyRunning(_) | RuntimeError::NotRunning(_) => ErrorCode::Conflict,
+            RuntimeError::NoSandbox(_) => ErrorCode::Unavailable,
             RuntimeError::PurgeRefused { .. } => ErrorCode::Conflict,
             RuntimeError::Refused { code, .. } => *code,
             RuntimeError::Isolation { .. } => ErrorCode::Unavailable,
@@ -364,6 +367,13 @@ pub trait Runtime: Send + Sync + 'static {
 
     /// Every exit of an agent's program from now on, asked for or not.
     fn exits(&self) -> broadcast::Receiver<RuntimeExit>;
+
+    /// Whether agents run without any isolation (the `process` runtime
+    /// without bubblewrap, allowed by `allow_unsandboxed`): every dashboard
+    /// page then says so.
+    fn unsandboxed(&self) -> bool {
+        false
+    }
 
     /// What the runtime last saw of the agent; cheap, never blocks.
     fn state(&self, agent: &AgentName) -> RunState;
@@ -470,6 +480,10 @@ impl RuntimeControl for Control {
 
     fn agent_view(&self, agent: &AgentName) -> AgentView {
         self.0.view(agent)
+    }
+
+    fn unsandboxed(&self) -> bool {
+        self.0.unsandboxed()
     }
 }
 

@@ -61,7 +61,16 @@ pub struct ProcessSettings {
     pub stop_grace: Duration,
     /// Try bubblewrap; `false` runs agents unsandboxed (with a warning).
     pub sandbox: bool,
+    /// Where bubblewrap is wanted but missing or broken: run agents anyway
+    /// (`allow_unsandboxed = true`) instead of refusing to start them.
+    pub allow_unsandboxed: bool,
 }
+
+/// The sentence an agent start is refused with where bubblewrap cannot
+/// sandbox it and the config does not allow running it unsandboxed.
+pub const NO_SANDBOX: &str = "bubblewrap is missing or does not work here, so the process runtime \
+     starts no agent: install the package bubblewrap, or set allow_unsandboxed = true to run \
+     agents without isolation";
 
 /// Agents as child processes.
 pub struct ProcessRuntime {
@@ -101,11 +110,13 @@ impl ProcessRuntime {
         } else {
             None
         };
-        if bwrap.is_none() {
+        if bwrap.is_none() && (settings.allow_unsandboxed || !settings.sandbox) {
             tracing::warn!(
                 "process runtime: bubblewrap is not available; agents run UNSANDBOXED \
                  with the daemon's uid and can read everything it can"
             );
+        } else if bwrap.is_none() {
+            tracing::error!("{NO_SANDBOX}");
         }
         let slots = settings
             .agents
@@ -123,6 +134,11 @@ impl ProcessRuntime {
     /// Whether agents run inside bubblewrap.
     pub fn sandboxed(&self) -> bool {
         self.bwrap.is_some()
+    }
+
+    /// Whether agents are started without a sandbox (allowed by the config).
+    pub fn runs_unsandboxed(&self) -> bool {
+        self.bwrap.is_none() && (self.settings.allow_unsandboxed || !self.settings.sandbox)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AgentName, Slot>> {
@@ -162,6 +178,9 @@ impl ProcessRuntime {
                     .sandboxed_command(bwrap, agent, launch)
                     .map_err(spawn_err("preparing bubblewrap"))?;
                 (cmd, Some(info))
+            }
+            None if !self.runs_unsandboxed() => {
+                return Err(RuntimeError::NoSandbox(agent.clone()));
             }
             None => {
                 if !launch.ro_binds.is_empty() {
@@ -482,6 +501,10 @@ impl Runtime for ProcessRuntime {
         self.exits.subscribe()
     }
 
+    fn unsandboxed(&self) -> bool {
+        self.runs_unsandboxed()
+    }
+
     fn state(&self, agent: &AgentName) -> RunState {
         self.lock()
             .get(agent)
@@ -605,6 +628,12 @@ fn create_state_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// `bwrap` on `PATH`, if a minimal sandbox with the flags we use starts.
+/// Whether a working bubblewrap is on `PATH` (what `hive-core dev` checks
+/// before choosing to run agents unsandboxed).
+pub fn bubblewrap_works() -> bool {
+    find_working_bwrap().is_some()
+}
+
 fn find_working_bwrap() -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
     let bwrap = std::env::split_paths(&path)
@@ -661,6 +690,7 @@ mod tests {
             hide: vec![dir.to_owned()],
             stop_grace: Duration::from_secs(5),
             sandbox,
+            allow_unsandboxed: false,
         };
         (ProcessRuntime::new(settings), name)
     }

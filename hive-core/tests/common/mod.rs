@@ -197,7 +197,7 @@ impl TestHive {
         }
     }
 
-    fn wait_for_admin_socket(&mut self) {
+    pub fn wait_for_admin_socket(&mut self) {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if std::os::unix::net::UnixStream::connect(self.admin_socket()).is_ok() {

@@ -56,6 +56,7 @@ pub fn chrome(
         csrf,
         flash,
         core_down,
+        unsandboxed: state.hub.unsandboxed(),
         since,
     }
 }

@@ -117,6 +117,10 @@ pub struct DevOpts {
     pub no_demo: bool,
     /// `--no-web`: the test starts its own gateway.
     pub no_web: bool,
+    /// `--allow-unsandboxed`.
+    pub allow_unsandboxed: bool,
+    /// `PATH` for the core (and so for the bubblewrap it looks for).
+    pub path: Option<String>,
 }
 
 /// A running `hive-core dev`, stopped (SIGTERM, then SIGKILL) on drop.
@@ -174,6 +178,12 @@ impl DevHive {
         }
         if self.opts.no_web {
             cmd.arg("--no-web");
+        }
+        if self.opts.allow_unsandboxed {
+            cmd.arg("--allow-unsandboxed");
+        }
+        if let Some(path) = &self.opts.path {
+            cmd.env("PATH", path);
         }
         cmd.env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -277,6 +287,20 @@ impl DevHive {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Waits up to `deadline` for the core to exit by itself; its status.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        let end = Instant::now() + deadline;
+        while Instant::now() < end {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
     }
 
     /// Kills the core at once (SIGKILL), as a crash would.

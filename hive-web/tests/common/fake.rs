@@ -338,6 +338,7 @@ impl FakeCore {
                 connected_agents: 0,
                 last_event_seq: 0,
                 network: st.network.clone(),
+                unsandboxed: false,
             })),
         }
     }
