@@ -8,17 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(bubblewrap systemd-container)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "==> installing: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+./scripts/apt-install.sh "${packages[@]}"
 
 cargo build --release --workspace
 exec ./target/release/hive-core dev --state-dir ./hive-dev --listen 127.0.0.1:8080 "$@"

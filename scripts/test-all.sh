@@ -11,17 +11,7 @@ packages=(
   nftables systemd-container busybox-static bubblewrap iproute2
   nix-bin jq chromium chromium-driver wrk socat sqlite3 python3 python3-venv
 )
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "==> installing: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
-fi
+./scripts/apt-install.sh "${packages[@]}"
 
 # The official MCP Python SDK, the independent client of the MCP conformance
 # test (hive-core/tests/core/mcp.rs), pinned, in a venv of its own.
