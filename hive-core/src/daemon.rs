@@ -38,6 +38,7 @@ use crate::peer::{self, PeerError};
 use crate::runtime::nspawn::{NspawnRuntime, NspawnSettings, NspawnUnavailable};
 use crate::runtime::process::{ProcessRuntime, ProcessSettings, STOP_GRACE};
 use crate::runtime::{AgentSpec, DetachedRuntime, Runtime, RuntimeError};
+use crate::secrets::SecretStore;
 use crate::store::Store;
 use crate::supervision::Supervisor;
 use crate::unix_socket::{self, SocketSetupError};
@@ -380,6 +381,7 @@ pub fn runtime_from_config(
                 stop_grace: STOP_GRACE,
                 sandbox: true,
                 allow_unsandboxed: config.allow_unsandboxed,
+                secrets: Some(SecretStore::new(&config.state_dir)),
             })))
         }
     }

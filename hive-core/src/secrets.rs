@@ -206,6 +206,8 @@ impl SecretStore {
 
     /// The read-only binds that show `agent`'s secrets, and only its own,
     /// at `/run/secrets/<KEY>` inside its container; empty if it has none.
+    /// They are idmapped ([`RoBind::idmap`]): the `0400` file, the daemon's
+    /// on the host, is the container root's inside and nobody else's.
     /// A runtime adds these to [`AgentSpec::ro_binds`] of the container it
     /// starts, read when it starts it (a secret set later is seen after a
     /// restart).
@@ -219,6 +221,7 @@ impl SecretStore {
             .map(|key| RoBind {
                 host: dir.join(key.as_str()),
                 inside: Path::new(CONTAINER_SECRETS_DIR).join(key.as_str()),
+                idmap: true,
             })
             .collect())
     }
@@ -375,6 +378,7 @@ mod tests {
             [RoBind {
                 host: file,
                 inside: PathBuf::from("/run/secrets/anthropic"),
+                idmap: true,
             }]
         );
         assert!(s.list(&a("carol")).unwrap().is_empty());

@@ -34,7 +34,8 @@
 //! - `isolation`: the hive's nftables table and agent addressing, with real
 //!   network namespaces, veth pairs and `nft` (as root).
 //! - `secrets`: `hivectl secret` and `--secret-env`: the value in its one
-//!   file and in the environment of the one command, nowhere else.
+//!   file, at `/run/secrets/KEY` in its agent's nspawn container and in the
+//!   environment of the one command, nowhere else.
 
 #[path = "common/mod.rs"]
 mod common;

@@ -45,6 +45,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{AgentPolicy, Config, Limits};
 use crate::hive::{Refusal, RuntimeControl};
+use crate::secrets::{SecretError, SecretStore};
 
 /// Journal lines carried by a [`RuntimeExit`].
 pub const EXIT_TAIL_LINES: usize = 20;
@@ -59,6 +60,13 @@ pub struct RoBind {
     pub host: PathBuf,
     /// Absolute path inside the container.
     pub inside: PathBuf,
+    /// Shown inside with the host's owners mapped into the container's
+    /// user namespace (the host's root is the container's root: nspawn's
+    /// `--bind-ro=…:idmap`), so a root-only `0400` file (a secret) is
+    /// readable by root inside and by no other uid. Without it, a
+    /// root-owned file appears owned by `nobody`. The process runtime needs
+    /// nothing of the kind: its agents keep the daemon's uid.
+    pub idmap: bool,
 }
 
 /// Everything a runtime needs to run one agent; built from the agent's
@@ -93,6 +101,23 @@ impl AgentSpec {
             socket_dir: config.agent_socket_dir(name),
             state_dir: config.agent_state_dir(name),
         })
+    }
+
+    /// This spec with `agent`'s secrets from `store` appended to
+    /// [`AgentSpec::ro_binds`] (at `/run/secrets/<KEY>`), read now: a
+    /// runtime calls it at each start, so a secret set or removed is seen
+    /// at the next start and the stored spec never holds them.
+    pub fn with_secrets(
+        mut self,
+        store: &SecretStore,
+        agent: &AgentName,
+    ) -> Result<Self, RuntimeError> {
+        let binds = store.binds(agent).map_err(|source| RuntimeError::Secrets {
+            agent: agent.clone(),
+            source,
+        })?;
+        self.ro_binds.extend(binds);
+        Ok(self)
     }
 }
 
@@ -266,6 +291,12 @@ pub enum RuntimeError {
         agent: AgentName,
         source: crate::isolation::IsolationError,
     },
+    /// Its secrets could not be listed for the start (never a value).
+    #[error("agent {agent}: reading its secrets: {source}")]
+    Secrets {
+        agent: AgentName,
+        source: SecretError,
+    },
     #[error("agent {agent}: refusing to purge {path}: {why}")]
     PurgeRefused {
         agent: AgentName,
@@ -294,7 +325,10 @@ impl From<RuntimeError> for Refusal {
             RuntimeError::PurgeRefused { .. } => ErrorCode::Conflict,
             RuntimeError::Refused { code, .. } => *code,
             RuntimeError::Isolation { .. } => ErrorCode::Unavailable,
-            RuntimeError::Spawn { .. } | RuntimeError::Signal { .. } | RuntimeError::Io { .. } => {
+            RuntimeError::Spawn { .. }
+            | RuntimeError::Signal { .. }
+            | RuntimeError::Io { .. }
+            | RuntimeError::Secrets { .. } => {
                 tracing::error!(error = %e, "runtime failure");
                 ErrorCode::Internal
             }

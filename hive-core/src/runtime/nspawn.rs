@@ -61,6 +61,7 @@ use super::{
     EXIT_TAIL_LINES,
 };
 use crate::config::{UidPool, UID_RANGE_SIZE};
+use crate::secrets::SecretStore;
 use crate::store::Store;
 
 /// Where the socket dir appears inside the container.
@@ -384,7 +385,12 @@ impl Shared {
             slot.crash = None;
             (slot.spec.clone(), slot.container.clone())
         };
-        match self.launch(agent, &spec, &container).await {
+        let store = SecretStore::new(&self.settings.state_dir);
+        let launched = match spec.with_secrets(&store, agent) {
+            Ok(spec) => self.launch(agent, &spec, &container).await,
+            Err(e) => Err(e),
+        };
+        match launched {
             Ok((run, child)) => {
                 {
                     let mut slots = self.lock();
@@ -1179,8 +1185,9 @@ fn nspawn_args(
         spec.socket_dir.display()
     ));
     for b in &spec.ro_binds {
+        let idmap = if b.idmap { ":idmap" } else { "" };
         args.push(format!(
-            "--bind-ro={}:{}",
+            "--bind-ro={}:{}{idmap}",
             b.host.display(),
             b.inside.display()
         ));
@@ -1397,10 +1404,18 @@ mod tests {
             command: vec!["/opt/x/agent".into(), "run".into()],
             env: [("MODEL".to_owned(), "m".to_owned())].into_iter().collect(),
             limits: Default::default(),
-            ro_binds: vec![super::super::RoBind {
-                host: "/var/lib/hh/agents/a/harness/secrets".into(),
-                inside: "/run/secrets".into(),
-            }],
+            ro_binds: vec![
+                super::super::RoBind {
+                    host: "/opt/tools".into(),
+                    inside: "/opt/tools".into(),
+                    idmap: false,
+                },
+                super::super::RoBind {
+                    host: "/var/lib/hh/secrets/a/anthropic".into(),
+                    inside: "/run/secrets/anthropic".into(),
+                    idmap: true,
+                },
+            ],
             socket_dir: "/run/hh/agents/a".into(),
             state_dir: "/var/lib/hh/agents/a/state".into(),
         };
@@ -1419,7 +1434,7 @@ mod tests {
             "--register=no --keep-unit --machine=h-a --directory=/r --private-users=1048576:65536",
             "--private-network --network-veth --as-pid2",
             "--bind-ro=/usr --bind=/var/lib/hh/agents/a/state:/state --bind=/run/hh/agents/a:/run/hive",
-            "--bind-ro=/var/lib/hh/agents/a/harness/secrets:/run/secrets",
+            "--bind-ro=/opt/tools:/opt/tools --bind-ro=/var/lib/hh/secrets/a/anthropic:/run/secrets/anthropic:idmap",
             "--setenv=MODEL=m",
             "--setenv=HIVE_AGENT=a --setenv=HIVE_SOCKET=/run/hive/agent.sock",
             "-- /opt/x/agent run",

@@ -36,6 +36,7 @@ use super::supervise::{InnerPid, Supervised};
 use super::{
     AgentSpec, AgentView, ExitFeed, ExitReason, Runtime, RuntimeError, RuntimeExit, EXIT_TAIL_LINES,
 };
+use crate::secrets::SecretStore;
 
 pub use super::supervise::STOP_GRACE;
 
@@ -64,6 +65,9 @@ pub struct ProcessSettings {
     /// Where bubblewrap is wanted but missing or broken: run agents anyway
     /// (`allow_unsandboxed = true`) instead of refusing to start them.
     pub allow_unsandboxed: bool,
+    /// The hive's secrets: each start binds the agent's own read-only at
+    /// `/run/secrets/<KEY>` (`None`: tests of the runtime alone).
+    pub secrets: Option<SecretStore>,
 }
 
 /// The sentence an agent start is refused with where bubblewrap cannot
@@ -159,6 +163,10 @@ impl ProcessRuntime {
             .get(agent)
             .map(|s| s.spec.clone())
             .ok_or_else(|| RuntimeError::UnknownAgent(agent.clone()))?;
+        let launch = match &self.settings.secrets {
+            Some(store) => launch.with_secrets(store, agent)?,
+            None => launch,
+        };
         let launch = &launch;
         if self.running(agent)?.is_some() {
             return Err(RuntimeError::AlreadyRunning(agent.clone()));
@@ -691,6 +699,7 @@ mod tests {
             stop_grace: Duration::from_secs(5),
             sandbox,
             allow_unsandboxed: false,
+            secrets: Some(SecretStore::new(dir)),
         };
         (ProcessRuntime::new(settings), name)
     }
@@ -818,6 +827,35 @@ mod tests {
         assert!(dir.path().join("state/ok").exists());
         rt.shutdown().await;
         assert_eq!(rt.state(&a), RunState::Stopped);
+    }
+
+    #[tokio::test]
+    async fn the_agents_own_secrets_are_read_only_files_at_run_secrets_from_its_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "ls /run/secrets | tr '\\n' ' '; echo; wc -c < /run/secrets/k1; \
+             echo x > /run/secrets/k1 2>/dev/null || echo secrets-ro; exit 0";
+        let (rt, a) = runtime(dir.path(), true, script);
+        if !rt.sandboxed() {
+            skip_or_fail("bubblewrap cannot sandbox here");
+            return;
+        }
+        let store = SecretStore::new(dir.path());
+        store.set(&a, &"k1".parse().unwrap(), b"12345").unwrap();
+        store
+            .set(
+                &AgentName::new("bob").unwrap(),
+                &"theirs".parse().unwrap(),
+                b"b",
+            )
+            .unwrap();
+        rt.start(&a).await.unwrap();
+        let lines = wait_for_line(&rt, &a, "secrets-ro").await;
+        assert_eq!(lines[..2], ["k1 ", "5"], "{lines:?}");
+        // One set after the start is there from the next start on.
+        store.set(&a, &"k2".parse().unwrap(), b"z").unwrap();
+        rt.restart(&a).await.unwrap();
+        wait_for_line(&rt, &a, "k1 k2 ").await;
+        rt.shutdown().await;
     }
 
     /// Skips off CI with a reason; under CI ([`hive_proto::ci`]) a skip is

@@ -1,7 +1,8 @@
 //! Secrets end to end: `hivectl secret set|list|rm` on `admin.sock`
 //! against the real core, the store on disk, the audit log, and `hive-agent
 //! run --secret-env` handing a secret to its command and to no other
-//! process. Each test uses a fresh random value and looks for it, byte for
+//! process, and the nspawn runtime mounting it at `/run/secrets/KEY` in
+//! its agent's container alone (agents `se*`). Each test uses a fresh random value and looks for it, byte for
 //! byte, everywhere it must not be.
 
 use std::os::unix::fs::MetadataExt;
@@ -290,4 +291,191 @@ fn is_descendant(mut pid: i32, ancestor: i32) -> bool {
         pid = ppid;
     }
     false
+}
+
+/// The turn an nspawn agent runs: it proves it holds the secret, from the
+/// file and from `--secret-env`, by hashes (so the value itself is written
+/// nowhere), says how the file looks inside, and waits while the test looks
+/// at every process.
+const IN_CONTAINER_TURN: &str = r#"
+h() { sha256sum | cut -d' ' -f1; }
+h < /run/secrets/anthropic > /state/seen-file
+printf %s "$ANTHROPIC_API_KEY" | h > /state/seen-env
+stat -c %u:%g:%a /run/secrets/anthropic > /state/secret-stat
+{ echo x > /run/secrets/anthropic; } 2>/dev/null || echo read-only > /state/secret-ro
+touch /state/up
+while [ ! -e /state/go ]; do sleep 0.05; done
+echo turn-done
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_is_readable_at_run_secrets_in_its_agents_container_and_nowhere_else() {
+    let (Some(_), Some(ha)) = (sibling_bin("hivectl"), sibling_bin("hive-agent")) else {
+        return;
+    };
+    if !crate::common::nspawn_available() {
+        return;
+    }
+    use hive_proto::operator::{LifecycleAction, OperatorRequest, OperatorResponse};
+    // `sea` runs the turn loop, exporting the secret to its command only;
+    // `seb` is another agent's container, holding no secret.
+    let run = [
+        ha.to_str().unwrap(),
+        "run",
+        "--secret-env",
+        "ANTHROPIC_API_KEY=anthropic",
+        "--",
+        "/bin/sh",
+        "-c",
+        IN_CONTAINER_TURN,
+        "se-turn",
+    ];
+    let idle = [
+        "/bin/sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 0.1; done",
+    ];
+    let tables = format!(
+        "[agents.sea]\ncommand = {}\n[agents.seb]\ncommand = {}\n",
+        toml_array(&run),
+        toml_array(&idle)
+    );
+    let mut hive = crate::common::TestHive::with_runtime("nspawn", "stop_timeout = 5", &tables);
+    hive.start();
+    let running = |r: &hive_proto::view::AgentSummary| {
+        r.run_state == hive_proto::view::RunState::Running && r.leader_pid.is_some()
+    };
+    hive.wait_agent("seb", "ran", running).await;
+    let value = fresh_value();
+    let (ok, _, err) = hivectl(
+        &hive,
+        &["secret", "set", "sea", "anthropic"],
+        value.as_bytes(),
+    )
+    .await;
+    assert!(ok, "{err}");
+    // Read at each start: the one running before the set has none.
+    hive.lifecycle("sea", LifecycleAction::Restart).await;
+    let sea = hive.wait_agent("sea", "restarted", running).await;
+    hive.wait_agent("sea", "connected", |r| r.connections == 1)
+        .await;
+    let sent = OperatorRequest::SendMessage {
+        to: hive_proto::AgentName::new("sea").unwrap(),
+        body: "use your key".into(),
+    };
+    assert!(matches!(
+        hive.operator(sent).await,
+        OperatorResponse::MessageSent { .. }
+    ));
+
+    let state = hive.dir.path().join("lib/agents/sea/state");
+    assert!(
+        poll_until(|| state.join("up").exists()).await,
+        "the turn never ran\n{}",
+        hive.log()
+    );
+    use sha2::Digest;
+    let want = hex::encode(sha2::Sha256::digest(value.as_bytes()));
+    let read = |f: &str| {
+        std::fs::read_to_string(state.join(f))
+            .unwrap()
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(read("seen-file"), want, "the file inside holds the value");
+    assert_eq!(read("seen-env"), want, "--secret-env exported it");
+    assert_eq!(
+        read("secret-stat"),
+        "0:0:400",
+        "the container's root's, 0400"
+    );
+    assert_eq!(read("secret-ro"), "read-only");
+
+    // The command (`sh -c … se-turn`, hive-agent's child) is the only
+    // process whose environ or argv holds it.
+    let cmd_pid = command_pid("se-turn").expect("the turn's command runs");
+    let mut hits = processes_holding(value.as_bytes());
+    assert!(hits.contains(&(cmd_pid, "environ")), "{hits:?}");
+    hits.retain(|(pid, _)| *pid != cmd_pid && !is_descendant(*pid, cmd_pid));
+    assert!(hits.is_empty(), "the value is in {hits:?}");
+
+    // Not from another agent's container: no /run/secrets there, the
+    // store's path is not in its root, and its root cannot read the file
+    // on the host either.
+    let seb = hive.agent("seb").await.leader_pid.unwrap().to_string();
+    let store_file = hive.dir.path().join("lib/secrets/sea/anthropic");
+    let inside_seb = |args: &[&str]| {
+        std::process::Command::new("nsenter")
+            .args(["--target", &seb, "--mount", "--pid", "--"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = inside_seb(&["cat", "/run/secrets/anthropic"]);
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    let out = inside_seb(&["test", "-e", store_file.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "the store is visible in seb: {out:?}"
+    );
+    let out = std::process::Command::new("nsenter")
+        .args(["--target", &seb, "--user", "--", "cat"])
+        .arg(&store_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && out.stdout.is_empty(), "{out:?}");
+    // Nor from sea's own container at the store's host path.
+    let sea_leader = sea.leader_pid.unwrap().to_string();
+    let out = std::process::Command::new("nsenter")
+        .args([
+            "--target",
+            &sea_leader,
+            "--mount",
+            "--pid",
+            "--",
+            "test",
+            "-e",
+        ])
+        .arg(&store_file)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "the store is visible in sea: {out:?}"
+    );
+
+    std::fs::write(state.join("go"), b"").unwrap();
+    assert!(
+        poll_until(|| command_pid("se-turn").is_none()).await,
+        "the turn never ended"
+    );
+    for a in ["sea", "seb"] {
+        hive.lifecycle(a, LifecycleAction::Stop).await;
+    }
+    hive.stop();
+    // Not in the repo, the store (hive.db and its WAL), the audit log, the
+    // agents' journals or the core's log: every file under the hive's dirs.
+    let hits = files_holding(hive.dir.path(), value.as_bytes());
+    assert_eq!(hits, [store_file], "the value leaked");
+}
+
+/// A TOML array of strings.
+fn toml_array(items: &[&str]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|s| serde_json::to_string(s).unwrap())
+        .collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The host pid of the `/bin/sh -c … NAME` whose `$0` is `name` (not
+/// `hive-agent run`, whose argv holds the same words after its own path).
+fn command_pid(name: &str) -> Option<i32> {
+    let tail = format!("\0{name}\0");
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+        let argv = std::fs::read(e.path().join("cmdline")).ok()?;
+        let argv = String::from_utf8_lossy(&argv);
+        (argv.starts_with("/bin/sh\0-c\0") && argv.ends_with(&tail)).then_some(pid)
+    })
 }
