@@ -145,8 +145,11 @@ pub struct AgentPage<'a> {
     pub messages: Section<Vec<MessageView>>,
     pub files: Section<Vec<EntryView>>,
     pub journal: Section<Vec<String>>,
-    pub config_deployed: Section<ConfigView>,
-    pub config_main: Section<ConfigView>,
+    /// The config at the deployed revision, then at `main`.
+    pub configs: [ConfigSide; 2],
+    /// The core says this agent's files at `main` differ from what runs:
+    /// the reconciler will rebuild it.
+    pub needs_update: bool,
 }
 
 #[derive(Template)]
@@ -184,6 +187,8 @@ pub struct AgentRow<'a> {
     pub unread: u64,
     pub open_questions: u64,
     pub deployed_sha: &'a str,
+    /// The config repo's `main`, shortened like `deployed_sha`.
+    pub main_sha: &'a str,
     pub needs_update: bool,
 }
 
@@ -196,14 +201,16 @@ impl<'a> From<&'a AgentSummary> for AgentRow<'a> {
             status: a.status.as_deref().unwrap_or_default(),
             unread: a.unread,
             open_questions: a.open_questions,
-            deployed_sha: a
-                .deployed_sha
-                .as_deref()
-                .map(|s| s.get(..12).unwrap_or(s))
-                .unwrap_or("—"),
+            deployed_sha: short_sha(a.deployed_sha.as_deref()),
+            main_sha: short_sha(a.main_sha.as_deref()),
             needs_update: a.needs_update,
         }
     }
+}
+
+/// The first 12 hex digits of a commit, or "—" when there is none.
+fn short_sha(sha: Option<&str>) -> &str {
+    sha.map(|s| s.get(..12).unwrap_or(s)).unwrap_or("—")
 }
 
 /// A question with, when the operator may answer it, an inline answer box.
@@ -270,6 +277,9 @@ pub struct ApprovalView {
     pub message: String,
     pub diff: Vec<DiffLine>,
     pub created_at: String,
+    /// Why the last approve could not merge into `main` (empty if it did
+    /// not conflict): the approval stays pending and the card says so.
+    pub conflict: String,
 }
 
 impl From<&Approval> for ApprovalView {
@@ -299,6 +309,7 @@ impl From<&Approval> for ApprovalView {
                 })
                 .collect(),
             created_at: fmt_time(a.created_at),
+            conflict: a.conflict.clone().unwrap_or_default(),
         }
     }
 }
@@ -384,10 +395,71 @@ pub struct FileView {
     pub truncated: bool,
 }
 
+/// An agent's config files at one revision (deployed or `main`).
 #[derive(Clone, Debug)]
 pub struct ConfigView {
+    /// The full commit, or a sentence when there is none ("not deployed").
     pub sha: String,
-    pub files: Vec<(String, String)>,
+    pub files: Vec<ConfigFile>,
+}
+
+/// One column of the config section: its label and what the core sent.
+#[derive(Clone, Debug)]
+pub struct ConfigSide {
+    /// `deployed` or `main` (also the element's id suffix).
+    pub label: &'static str,
+    pub view: Section<ConfigView>,
+}
+
+/// One file of an agent's config at one revision.
+#[derive(Clone, Debug)]
+pub struct ConfigFile {
+    pub path: String,
+    /// Repo text an agent may have proposed: always escaped.
+    pub text: String,
+    /// The other revision lacks this file or holds different text.
+    pub changed: bool,
+}
+
+/// What `AgentConfig` answers: the commit (if any) and `(path, text)`.
+pub type ConfigAt = (Option<String>, Vec<(String, String)>);
+
+impl ConfigView {
+    /// Both revisions, each file marked where the other one differs.
+    /// When either side is a section error, nothing is marked.
+    pub fn pair(deployed: Section<ConfigAt>, main: Section<ConfigAt>) -> [ConfigSide; 2] {
+        let files = |side: &Section<ConfigAt>| side.as_ref().ok().map(|(_, f)| f.clone());
+        let (of_deployed, of_main) = (files(&deployed), files(&main));
+        [
+            ConfigSide {
+                label: "deployed",
+                view: Self::marked(deployed, of_main.as_deref(), "not deployed"),
+            },
+            ConfigSide {
+                label: "main",
+                view: Self::marked(main, of_deployed.as_deref(), "not in main"),
+            },
+        ]
+    }
+
+    fn marked(
+        side: Section<ConfigAt>,
+        other: Option<&[(String, String)]>,
+        none: &str,
+    ) -> Section<Self> {
+        side.map(|(sha, files)| Self {
+            sha: sha.unwrap_or_else(|| none.to_owned()),
+            files: files
+                .into_iter()
+                .map(|(path, text)| ConfigFile {
+                    changed: other
+                        .is_some_and(|o| !o.iter().any(|(p, t)| *p == path && *t == text)),
+                    path,
+                    text,
+                })
+                .collect(),
+        })
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -288,7 +288,9 @@ async fn an_agent_page_shows_status_controls_loose_ends_messages_files_journal_a
         "action=\"/agent/alice/message\"",
         "href=\"/agent/alice/state/notes/\"",
         "alice started",
-        "agent configs arrive with the config repo",
+        // The fake holds no config for alice: the core's answer for an
+        // agent that never ran.
+        "not deployed",
     ] {
         assert!(r.body.contains(needle), "missing {needle:?} in\n{}", r.body);
     }
@@ -301,6 +303,164 @@ async fn an_agent_page_shows_status_controls_loose_ends_messages_files_journal_a
         app.get(&b, "/agent/zed/").await.status,
         StatusCode::NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn an_agent_page_shows_the_config_at_both_revisions_escaped_with_needs_update() {
+    use hive_proto::operator::ConfigRev;
+    let app = TestApp::new();
+    let (deployed, main) = ("d".repeat(40), "e".repeat(40));
+    {
+        let mut st = app.core.state.lock().unwrap();
+        let alice = st
+            .agents
+            .iter_mut()
+            .find(|a| a.name.as_str() == "alice")
+            .unwrap();
+        alice.deployed_sha = Some(deployed.clone());
+        alice.main_sha = Some(main.clone());
+        alice.needs_update = true;
+        let toml = |mode: &str| format!("command = [\"/bin/sh\"]\nenv = {{ MODE = \"{mode}\" }}\n");
+        st.configs = vec![
+            (
+                "alice".into(),
+                ConfigRev::Deployed,
+                (
+                    Some(deployed.clone()),
+                    vec![
+                        ("agent.nix".into(), "{ }\n".into()),
+                        ("agent.toml".into(), toml("slow")),
+                    ],
+                ),
+            ),
+            (
+                "alice".into(),
+                ConfigRev::Main,
+                (
+                    Some(main.clone()),
+                    vec![
+                        ("agent.nix".into(), "{ }\n".into()),
+                        // Agent-proposed text: markup must arrive as text.
+                        ("agent.toml".into(), toml("<script>alert(1)</script>")),
+                    ],
+                ),
+            ),
+        ];
+    }
+    let b = app.login().await;
+    let r = app.get(&b, "/agent/alice/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.header("content-security-policy"), Some(CSP));
+    let section = |id: &str| {
+        let start = r
+            .body
+            .find(&format!("<div id=\"config-{id}\">"))
+            .unwrap_or_else(|| panic!("no config-{id} in\n{}", r.body));
+        let end = r.body[start..].find("</div>").unwrap() + start;
+        r.body[start..end].to_owned()
+    };
+    let (dep, mn) = (section("deployed"), section("main"));
+    assert!(
+        dep.contains(&format!("<p class=\"sha\">{deployed}</p>")),
+        "{dep}"
+    );
+    assert!(dep.contains("MODE = &#34;slow&#34;"), "{dep}");
+    assert!(mn.contains(&format!("<p class=\"sha\">{main}</p>")), "{mn}");
+    assert!(
+        mn.contains("MODE = &#34;&#60;script&#62;alert(1)&#60;/script&#62;&#34;"),
+        "{mn}"
+    );
+    assert!(
+        !r.body.contains("<script>alert"),
+        "agent text reached the page as markup"
+    );
+    // Only agent.toml differs, and it is marked on both sides.
+    for side in [&dep, &mn] {
+        assert!(
+            side.contains("<h4>agent.toml <span class=\"badge\">differs</span></h4>"),
+            "{side}"
+        );
+        assert!(side.contains("<h4>agent.nix</h4>"), "{side}");
+    }
+    // The summary names both commits and says it needs an update.
+    assert!(
+        r.body
+            .contains("id=\"deployed-sha\">dddddddddddd <span class=\"badge\">needs update</span>"),
+        "{}",
+        r.body
+    );
+    assert!(
+        r.body.contains("id=\"main-sha\">eeeeeeeeeeee</dd>"),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("id=\"config-needs-update\""), "{}", r.body);
+    // Both revisions were asked for, for alice.
+    let asked: Vec<ConfigRev> = app
+        .core
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c.req {
+            Req::AgentConfig { agent, rev } if agent.as_str() == "alice" => Some(rev),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, [ConfigRev::Deployed, ConfigRev::Main]);
+
+    // Once it runs main, nothing says it needs an update.
+    {
+        let mut st = app.core.state.lock().unwrap();
+        let alice = st
+            .agents
+            .iter_mut()
+            .find(|a| a.name.as_str() == "alice")
+            .unwrap();
+        alice.deployed_sha = Some(main.clone());
+        alice.needs_update = false;
+        let main_files = st.configs[1].2.clone();
+        st.configs[0].2 = main_files;
+    }
+    let r = app.get(&b, "/agent/alice/").await;
+    assert!(!r.body.contains("needs update"), "{}", r.body);
+    assert!(!r.body.contains("config-needs-update"), "{}", r.body);
+    assert!(!r.body.contains("differs"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_approve_that_conflicts_with_main_stays_pending_and_the_card_shows_why() {
+    let app = TestApp::new();
+    let why = "conflicts with main in agents/bob/agent.toml";
+    app.core
+        .state
+        .lock()
+        .unwrap()
+        .conflicts_on_approve
+        .insert(3, why.into());
+    let b = app.login().await;
+    let page = app.get(&b, "/").await;
+    assert!(!page.body.contains("class=\"conflict\""), "{}", page.body);
+
+    let r = app
+        .post(&b, "/approval/3/approve", &[("back", "/agent/bob/")])
+        .await;
+    assert_eq!(r.status, StatusCode::SEE_OTHER);
+    assert_eq!(r.location(), Some("/agent/bob/"));
+    // The flash carries the core's sentence; the card stays, with the reason.
+    let page = app.get(&b, "/agent/bob/").await;
+    assert!(
+        page.body
+            .contains(&format!("approval 3 {why}; it stays pending")),
+        "{}",
+        page.body
+    );
+    for body in [page.body, app.get(&b, "/").await.body] {
+        assert!(body.contains("id=\"approval-3\""), "{body}");
+        assert!(
+            body.contains(&format!("<p class=\"conflict\">Not merged: {why}.")),
+            "{body}"
+        );
+        assert!(body.contains("action=\"/approval/3/approve\""), "{body}");
+    }
 }
 
 #[tokio::test]
@@ -624,6 +784,8 @@ async fn metrics_count_requests_core_round_trips_and_followers() {
     let app = TestApp::new();
     let b = app.login().await;
     app.get(&b, "/agent/alice/").await;
+    // A refused call: no such agent.
+    app.get(&b, "/agent/zed/").await;
     let r = app.send(req(Method::GET, "/metrics").build()).await;
     assert_eq!(r.status, StatusCode::OK);
     assert!(r
@@ -635,7 +797,8 @@ async fn metrics_count_requests_core_round_trips_and_followers() {
         "hive_web_requests_total{route=\"/login\",status=\"303\"} 1",
         "hive_web_request_duration_seconds_count{route=\"/\"} 1",
         "hive_web_core_calls_total{verb=\"agent_detail\",outcome=\"ok\"} 1",
-        "hive_web_core_calls_total{verb=\"agent_config\",outcome=\"refused\"} 2",
+        "hive_web_core_calls_total{verb=\"agent_config\",outcome=\"ok\"} 2",
+        "hive_web_core_calls_total{verb=\"agent_detail\",outcome=\"refused\"} 1",
         "hive_web_core_call_duration_seconds_bucket{verb=\"list_agents\",le=\"+Inf\"} 1",
         "hive_web_sse_clients 0",
     ] {

@@ -20,8 +20,8 @@ use crate::expect_response;
 use crate::routes::{chrome, parse_agent, parse_rel_path, section_error, shared};
 use crate::views::{
     agent_href, fmt_time, lifecycle_buttons, state_href, AgentPage, AgentRow, ApprovalView,
-    ConfigView, DashboardPage, EntryView, EventLine, FileView, HtmlTemplate, MessageView,
-    QuestionView, ReminderView, StatePage,
+    ConfigAt, ConfigView, DashboardPage, EntryView, EventLine, FileView, HtmlTemplate, MessageView,
+    QuestionView, ReminderView, Section, StatePage,
 };
 
 /// Events listed under "recent events" on the dashboard.
@@ -177,12 +177,9 @@ pub async fn agent(
     let to_operator = expect_response!(to_operator, Resp::Messages);
     let files = expect_response!(files, Resp::Dir);
     let journal = expect_response!(journal, Resp::Journal);
-    let config = |r: Result<Resp, CoreError>| -> Result<ConfigView, String> {
+    let config = |r: Result<Resp, CoreError>| -> Section<ConfigAt> {
         match r {
-            Ok(Resp::Config { sha, files }) => Ok(ConfigView {
-                sha: sha.unwrap_or_else(|| "not deployed".into()),
-                files,
-            }),
+            Ok(Resp::Config { sha, files }) => Ok((sha, files)),
             Ok(other) => Err(section_error(&CoreError::Unexpected(
                 crate::routes::response_name(&other).into(),
             ))),
@@ -232,8 +229,8 @@ pub async fn agent(
             .map(|v| v.iter().map(|e| EntryView::new(&name, "", e)).collect())
             .map_err(|e| section_error(&e)),
         journal: journal.map_err(|e| section_error(&e)),
-        config_deployed: config(deployed),
-        config_main: config(main),
+        configs: ConfigView::pair(config(deployed), config(main)),
+        needs_update: detail.as_ref().is_ok_and(|d| d.summary.needs_update),
     };
     Ok(HtmlTemplate(page).into_response())
 }

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use hive_proto::operator::{
-    Approval, DirEntry, Health, NetworkIsolation, OperatorResponse as Resp, RpcError, WebCall,
-    WebRequest as Req,
+    Approval, ConfigRev, DirEntry, Health, NetworkIsolation, OperatorResponse as Resp, RpcError,
+    WebCall, WebRequest as Req,
 };
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, ErrorCode, ItemKind, Message, Question,
@@ -19,6 +19,7 @@ use hive_proto::view::{
 };
 use hive_proto::{AgentName, Principal};
 use hive_web::core_link::{CallFuture, CoreError, CoreLink};
+use hive_web::views::ConfigAt;
 
 /// What the fake hive holds.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +34,13 @@ pub struct FakeState {
     pub next_id: u64,
     /// What `Health` reports about the nftables table.
     pub network: NetworkIsolation,
+    /// `(agent, rev, answer)`: what `AgentConfig` answers (the commit and
+    /// `(path, text)`); a missing entry is answered as the core does for
+    /// an agent that never ran (no commit, no files).
+    pub configs: Vec<(String, ConfigRev, ConfigAt)>,
+    /// Approvals whose approve conflicts with `main`, with the core's
+    /// sentence: approving one records it and leaves it pending.
+    pub conflicts_on_approve: BTreeMap<u64, String>,
 }
 
 /// The fake core.
@@ -149,6 +157,8 @@ impl FakeCore {
             journal: vec!["alice started".into()],
             next_id: 100,
             network: NetworkIsolation::Enforced { repairs: 0 },
+            configs: Vec::new(),
+            conflicts_on_approve: BTreeMap::new(),
         };
         Self {
             state: Mutex::new(state),
@@ -217,6 +227,19 @@ impl FakeCore {
                 ))
             }
             Req::Pending => Ok(Resp::Approvals(st.approvals.clone())),
+            Req::Approve { id } if st.conflicts_on_approve.contains_key(&id) => {
+                let why = st.conflicts_on_approve[&id].clone();
+                let a = st
+                    .approvals
+                    .iter_mut()
+                    .find(|a| a.id == id)
+                    .ok_or_else(|| RpcError::new(ErrorCode::NotFound, "no such approval"))?;
+                a.conflict = Some(why.clone());
+                Err(RpcError::new(
+                    ErrorCode::Conflict,
+                    format!("approval {id} {why}; it stays pending"),
+                ))
+            }
             Req::Approve { id } | Req::Deny { id, .. } => {
                 let before = st.approvals.len();
                 st.approvals.retain(|a| a.id != id);
@@ -323,12 +346,15 @@ impl FakeCore {
                 known(&st, &agent)?;
                 Ok(Resp::Journal(st.journal.clone()))
             }
-            Req::AgentConfig { agent, .. } => {
+            Req::AgentConfig { agent, rev } => {
                 known(&st, &agent)?;
-                Err(RpcError::new(
-                    ErrorCode::Unsupported,
-                    "agent configs arrive with the config repo",
-                ))
+                let (sha, files) = st
+                    .configs
+                    .iter()
+                    .find(|(a, r, _)| a == agent.as_str() && *r == rev)
+                    .map(|(_, _, at)| at.clone())
+                    .unwrap_or_default();
+                Ok(Resp::Config { sha, files })
             }
             Req::Health => Ok(Resp::Health(Health {
                 version: "fake".into(),
