@@ -4,10 +4,14 @@
 //! `agents/<name>/agent.sock`), `lib/` (the state dir: store, agent state)
 //! and `operator-token` (mode 0600, a fresh random token on every start,
 //! one per line; it never appears in argv, the environment or a log). The
-//! daemon runs in this process; `hive-web` and the demo agents
-//! (`hive-agent demo`, one per agent, through the `process` runtime; with
-//! `--harness 'CMD ARGS'`, `hive-agent run -- /bin/sh -c 'CMD ARGS'`) are
-//! child processes, stopped with SIGTERM and then SIGKILL on exit.
+//! daemon runs in this process; `hive-web` is a child process, and the demo
+//! agents (`hive-agent demo`, one per agent; with `--harness 'CMD ARGS'`,
+//! `hive-agent run -- /bin/sh -c 'CMD ARGS'`) run through the `process`
+//! runtime (children, the default) or, with `--runtime nspawn` (root only),
+//! each in its own `systemd-nspawn` container behind the hive's nftables
+//! table, as `hive-core run` would run them. Either way they are stopped on
+//! exit (SIGTERM, then SIGKILL), containers included: a dev hive leaves
+//! nothing for a later daemon to adopt.
 //!
 //! Run as root, `hive-web` is started with `--user nobody` and drops to it
 //! before it opens anything, so the daemon makes what it needs reachable for
@@ -77,8 +81,10 @@ pub struct DevOptions {
 /// Why `dev` could not start; each is one sentence.
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
-    #[error("--runtime nspawn arrives with the containers issue; use --runtime process for now")]
-    NspawnNotYet,
+    #[error("--runtime nspawn runs agents in systemd-nspawn containers, which needs root; run it as root or use --runtime process")]
+    NspawnNeedsRoot,
+    #[error("--runtime nspawn needs systemd-nspawn (Debian/Ubuntu: apt-get install systemd-container); or use --runtime process")]
+    NspawnMissing,
     #[error("no runtime can isolate agents here: install the package bubblewrap (or systemd-container, and run as root, for --runtime nspawn), or pass --allow-unsandboxed to run them without isolation")]
     NoIsolation,
     #[error("--agents names no agent")]
@@ -111,13 +117,23 @@ pub enum DevError {
 
 /// Runs the local hive until `signal` resolves.
 pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(), DevError> {
-    if opts.runtime == DevRuntime::Nspawn {
-        return Err(DevError::NspawnNotYet);
-    }
     if opts.agents.is_empty() {
         return Err(DevError::NoAgents);
     }
-    let sandbox_works = opts.no_demo || crate::runtime::process::bubblewrap_works();
+    let as_root = peer::running_as_root();
+    if opts.runtime == DevRuntime::Nspawn {
+        if !as_root {
+            return Err(DevError::NspawnNeedsRoot);
+        }
+        if crate::runtime::nspawn::find_nspawn().is_none() {
+            return Err(DevError::NspawnMissing);
+        }
+    }
+    // Containers isolate by themselves; only the process runtime needs
+    // bubblewrap.
+    let sandbox_works = opts.no_demo
+        || opts.runtime == DevRuntime::Nspawn
+        || crate::runtime::process::bubblewrap_works();
     if !sandbox_works && !opts.allow_unsandboxed {
         return Err(DevError::NoIsolation);
     }
@@ -131,7 +147,6 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
             Some(find_bin(opts.agent_bin.clone(), "hive-agent").map_err(DevError::NoAgentBin)?)
         }
     };
-    let as_root = peer::running_as_root();
     let dir = prepare_state_dir(&opts.state_dir, as_root)?;
     let run_dir = dir.join("run");
     unix_socket::ensure_dir(&run_dir, daemon::RUNTIME_DIR_MODE, None)?;
@@ -184,10 +199,10 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         runtime_dir: run_dir.clone(),
         admin_group: None,
         web_user: Some(web_user.clone()),
-        runtime: if opts.no_demo {
-            RuntimeKind::Detached
-        } else {
-            RuntimeKind::Process
+        runtime: match (opts.no_demo, opts.runtime) {
+            (true, _) => RuntimeKind::Detached,
+            (false, DevRuntime::Process) => RuntimeKind::Process,
+            (false, DevRuntime::Nspawn) => RuntimeKind::Nspawn,
         },
         allow_unsandboxed: opts.allow_unsandboxed,
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,

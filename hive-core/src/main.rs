@@ -64,6 +64,9 @@ enum Cmd {
         /// Do not start hive-web.
         #[arg(long)]
         no_web: bool,
+        /// Where agents run: `process` (children, sandboxed with
+        /// bubblewrap) or `nspawn` (root: one systemd-nspawn container each,
+        /// behind the hive's nftables table).
         #[arg(long, value_enum, default_value_t = RuntimeFlag::Process)]
         runtime: RuntimeFlag,
         /// hive-web binary (default: next to this one).

@@ -11,7 +11,10 @@ use hive_proto::client::operator::OperatorClient;
 use hive_proto::operator::{AdminRequest, OperatorRequest, OperatorResponse};
 use hive_proto::AgentName;
 
-use crate::common::{describe, is_root, skip_or_fail, CORE_BIN, START_TIMEOUT};
+use crate::common::{
+    describe, is_root, kill_containers_under, nspawn_available, sibling_bin, skip_or_fail,
+    CORE_BIN, START_TIMEOUT,
+};
 
 /// Runs `hive-core dev ARGS` to completion (for flags that must fail).
 fn dev_fails(args: &[&str]) -> String {
@@ -42,8 +45,6 @@ fn dev_refuses_bad_flags_and_unusable_state_dirs_in_one_line() {
     assert!(err.contains("--listen"), "{err}");
     let err = dev_fails(&[&["--state-dir", d, "--agents", "Alice"][..], &base].concat());
     assert!(err.contains("lowercase"), "{err}");
-    let err = dev_fails(&[&["--state-dir", d, "--runtime", "nspawn"][..], &base].concat());
-    assert!(err.contains("arrives with the containers issue"), "{err}");
     let err = dev_fails(&[
         "--state-dir",
         d,
@@ -68,8 +69,28 @@ struct Dev {
 
 impl Dev {
     fn start(extra: &[&str]) -> Self {
+        Self::spawn(Command::new(CORE_BIN), extra)
+    }
+
+    /// `dev` in a network namespace of its own (`unshare --net`, loopback
+    /// up): the hive's nftables table and the containers' veths live there,
+    /// never in the machine's namespace.
+    fn start_in_own_netns(extra: &[&str]) -> Self {
+        let mut cmd = Command::new("unshare");
+        cmd.args([
+            "--net",
+            "--",
+            "sh",
+            "-ec",
+            "ip link set lo up; exec \"$0\" \"$@\"",
+        ])
+        .arg(CORE_BIN);
+        Self::spawn(cmd, extra)
+    }
+
+    fn spawn(mut cmd: Command, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let child = Command::new(CORE_BIN)
+        let child = cmd
             .arg("dev")
             .arg("--state-dir")
             .arg(dir.path().join("hive"))
@@ -126,10 +147,59 @@ impl Dev {
     }
 }
 
+impl Dev {
+    /// Polls `ListAgents` until every row satisfies `want`; the rows.
+    async fn wait_rows(
+        &self,
+        what: &str,
+        want: impl Fn(&hive_proto::view::AgentSummary) -> bool,
+    ) -> Vec<hive_proto::view::AgentSummary> {
+        let admin = OperatorClient::<AdminRequest>::connect(self.state().join("run/admin.sock"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let Ok(OperatorResponse::Agents(rows)) = admin
+                .call(AdminRequest::Operator(OperatorRequest::ListAgents))
+                .await
+            else {
+                panic!("list agents")
+            };
+            if rows.iter().all(&want) {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agents never {what}: {rows:?}\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM; `dev` must exit 0 having stopped every one of `pids`.
+    fn sigterm_and_expect_gone(self, pids: &[i32]) {
+        let (status, output) = self.sigterm_and_wait();
+        assert!(
+            status.success(),
+            "dev exited with {}:\n{output}",
+            describe(status)
+        );
+        for pid in pids {
+            assert!(
+                !Path::new(&format!("/proc/{pid}")).exists(),
+                "child {pid} outlived dev"
+            );
+        }
+    }
+}
+
 impl Drop for Dev {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A dev hive stops its containers; one that died early cannot.
+        kill_containers_under(self.dir.path());
     }
 }
 
@@ -218,30 +288,8 @@ async fn dev_runs_each_agent_and_the_gateway_as_children_and_stops_them_all() {
         web.to_str().unwrap(),
     ]);
     let state = dev.state();
-    let admin = OperatorClient::<AdminRequest>::connect(state.join("run/admin.sock"))
-        .await
-        .unwrap();
-    let deadline = Instant::now() + START_TIMEOUT;
-    loop {
-        let Ok(OperatorResponse::Agents(rows)) = admin
-            .call(AdminRequest::Operator(OperatorRequest::ListAgents))
-            .await
-        else {
-            panic!("list agents")
-        };
-        if rows
-            .iter()
-            .all(|r| r.status.as_deref() == Some("up as demo"))
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agents did not report: {rows:?}\n{}",
-            dev.output()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    dev.wait_rows("reported", |r| r.status.as_deref() == Some("up as demo"))
+        .await;
     dev.wait_for(&web_args);
     let args = fs::read_to_string(&web_args).unwrap();
     let mut words = args.split_whitespace();
@@ -269,18 +317,7 @@ async fn dev_runs_each_agent_and_the_gateway_as_children_and_stops_them_all() {
         let p = fs::read_to_string(state.join(format!("lib/agents/{a}/state/pid"))).unwrap();
         pids.push(p.trim().parse().unwrap());
     }
-    let (status, output) = dev.sigterm_and_wait();
-    assert!(
-        status.success(),
-        "dev exited with {}:\n{output}",
-        describe(status)
-    );
-    for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "child {pid} outlived dev"
-        );
-    }
+    dev.sigterm_and_expect_gone(&pids);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,4 +386,132 @@ async fn dev_with_harness_runs_real_turns_that_reply_to_the_operator() {
     }
     let (status, out) = dev.sigterm_and_wait();
     assert!(status.success(), "{out}");
+}
+
+#[test]
+fn dev_refuses_nspawn_without_root_in_one_sentence() {
+    let args = [
+        "dev",
+        "--state-dir",
+        "/nonexistent/x",
+        "--listen",
+        "127.0.0.1:0",
+        "--runtime",
+        "nspawn",
+    ];
+    let err = if is_root() {
+        let (status, _, err) = crate::common::run_as(65534, 65534, CORE_BIN, &args, b"");
+        assert!(!status.success());
+        err.trim().to_owned()
+    } else {
+        // Not root already: the refusal is what this run gets.
+        dev_fails(&args[1..])
+    };
+    assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+    assert!(
+        err.contains("--runtime nspawn")
+            && err.contains("needs root")
+            && err.contains("--runtime process"),
+        "{err}"
+    );
+}
+
+/// An HTTP/1.1 GET from inside `pid`'s network namespace; the whole answer.
+fn http_get_in_netns_of(pid: u32, port: u16, path: &str, token: &str) -> String {
+    let path = path.to_owned();
+    let token = token.to_owned();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let ns = fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            conn,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        conn.read_to_string(&mut out).unwrap();
+        out
+    })
+    .join()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_with_nspawn_runs_each_demo_agent_in_its_own_container_behind_the_table() {
+    if !nspawn_available() {
+        return;
+    }
+    let (Some(agent_bin), Some(_web)) = (sibling_bin("hive-agent"), sibling_bin("hive-web")) else {
+        return;
+    };
+    let dev = Dev::start_in_own_netns(&[
+        "--runtime",
+        "nspawn",
+        "--agents",
+        "isdva,isdvb",
+        "--agent-bin",
+        agent_bin.to_str().unwrap(),
+    ]);
+    let state = dev.state();
+    // The demo agents speak from inside their containers.
+    let rows = dev
+        .wait_rows("reported from a container", |r| {
+            r.leader_pid.is_some() && r.status.as_deref() == Some("demo: waiting for the operator")
+        })
+        .await;
+    let dev_pid = dev.child.id();
+    let netns = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let mut leaders = Vec::new();
+    for r in &rows {
+        assert_eq!(
+            r.container.as_deref(),
+            Some(format!("h-{}", r.name).as_str())
+        );
+        let leader = r.leader_pid.unwrap();
+        // Its own network namespace, and root inside is not root outside.
+        assert_ne!(
+            netns(leader as i32),
+            netns(dev_pid as i32),
+            "{} shares the hive's netns",
+            r.name
+        );
+        let map = fs::read_to_string(format!("/proc/{leader}/uid_map")).unwrap();
+        let outside: u32 = map.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_ne!(outside, 0, "{}: uid_map {map}", r.name);
+        leaders.push(leader as i32);
+    }
+    assert_ne!(netns(leaders[0]), netns(leaders[1]));
+    // The hive's table guards them, in the dev hive's namespace.
+    let table = Command::new("nsenter")
+        .args([
+            "-t",
+            &dev_pid.to_string(),
+            "-n",
+            "nft",
+            "list",
+            "table",
+            "inet",
+            "hyperhive",
+        ])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.status.success() && listing.contains("ve-h-isdva"),
+        "{listing}"
+    );
+
+    // The dashboard answers with both agents.
+    let token = fs::read_to_string(state.join("operator-token")).unwrap();
+    let reply = http_get_in_netns_of(dev_pid, 18099, "/api/agents", token.trim());
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(
+        reply.contains("isdva") && reply.contains("isdvb"),
+        "{reply}"
+    );
+
+    dev.sigterm_and_expect_gone(&leaders);
 }
