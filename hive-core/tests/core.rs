@@ -33,6 +33,9 @@
 //!   and every socket accepts.
 //! - `isolation`: the hive's nftables table and agent addressing, with real
 //!   network namespaces, veth pairs and `nft` (as root).
+//! - `isolation_nspawn`: the same rules from inside real nspawn containers
+//!   of a real daemon in a namespace the test made: probes, repairs, `nft`
+//!   missing, the table kept for containers that outlive the daemon.
 //! - `secrets`: `hivectl secret` and `--secret-env`: the value in its one
 //!   file, at `/run/secrets/KEY` in its agent's nspawn container and in the
 //!   environment of the one command, nowhere else.
@@ -62,6 +65,8 @@ mod durability;
 mod harness;
 #[path = "core/isolation.rs"]
 mod isolation;
+#[path = "core/isolation_nspawn.rs"]
+mod isolation_nspawn;
 #[path = "core/mcp.rs"]
 mod mcp;
 #[path = "core/operator.rs"]

@@ -68,6 +68,10 @@ pub struct TestHive {
     /// container runtimes install the hive's nftables table, which is per
     /// namespace, so parallel test hives do not fight over one table.
     pub own_netns: bool,
+    /// Or run it in this network namespace (a file such as
+    /// `/run/netns/NAME`, entered with `nsenter --net`, which leaves `/sys`
+    /// alone so nspawn works there).
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -102,6 +106,7 @@ impl TestHive {
             dir,
             config_path,
             own_netns: runtime == "nspawn",
+            netns: None,
             child: None,
         }
     }
@@ -152,7 +157,11 @@ impl TestHive {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let mut cmd = if self.own_netns {
+        let mut cmd = if let Some(ns) = &self.netns {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg("--").arg(CORE_BIN);
+            c
+        } else if self.own_netns {
             let mut c = Command::new("unshare");
             c.args(["--net", "--"]).arg(CORE_BIN);
             c
@@ -307,19 +316,26 @@ impl TestHive {
 
     /// A lifecycle action through `admin.sock`, which must succeed.
     pub async fn lifecycle(&self, name: &str, action: hive_proto::operator::LifecycleAction) {
-        let name = hive_proto::AgentName::new(name).expect("agent name");
-        match self
-            .admin()
-            .await
-            .call(AdminRequest::Operator(OperatorRequest::Lifecycle {
-                name: name.clone(),
-                action,
-            }))
-            .await
-        {
+        match self.try_lifecycle(name, action).await {
             Ok(OperatorResponse::Done) => {}
             other => panic!("{action:?} {name}: {other:?}\n{}", self.log()),
         }
+    }
+
+    /// A lifecycle action through `admin.sock`; the answer or the refusal.
+    pub async fn try_lifecycle(
+        &self,
+        name: &str,
+        action: hive_proto::operator::LifecycleAction,
+    ) -> Result<OperatorResponse, hive_proto::client::ClientError> {
+        let name = hive_proto::AgentName::new(name).expect("agent name");
+        self.admin()
+            .await
+            .call(AdminRequest::Operator(OperatorRequest::Lifecycle {
+                name,
+                action,
+            }))
+            .await
     }
 }
 
@@ -338,27 +354,31 @@ pub fn nspawn_available() -> bool {
     found
 }
 
+/// The `systemd-nspawn` processes whose container root lies under `dir`.
+pub fn containers_under(dir: &Path) -> Vec<i32> {
+    let needle = format!("--directory={}", dir.display());
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|pid| {
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first().is_some_and(|a| a.ends_with(b"systemd-nspawn"))
+                && args.iter().any(|a| a.starts_with(needle.as_bytes()))
+        })
+        .collect()
+}
+
 /// SIGKILLs every nspawn container whose root lies under `dir` (its init
 /// first, which ends the container, then nspawn): what a test leaves
 /// behind when it ends early.
 pub fn kill_containers_under(dir: &Path) {
     use nix::sys::signal::{kill, Signal};
     use nix::unistd::Pid;
-    let needle = format!("--directory={}", dir.display());
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return;
-    };
-    for p in procs.flatten() {
-        let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let ours = args.first().is_some_and(|a| a.ends_with(b"systemd-nspawn"))
-            && args.iter().any(|a| a.starts_with(needle.as_bytes()));
-        if !ours {
-            continue;
-        }
+    for pid in containers_under(dir) {
         let children =
             fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {

@@ -27,6 +27,20 @@ pub fn have(prog: &str) -> bool {
         .is_ok()
 }
 
+/// Whether `nft`, `ip` and `nsenter` run; otherwise
+/// [`skip_or_fail`](super::skip_or_fail) and `false`.
+pub fn net_tools_available() -> bool {
+    for tool in ["nft", "ip", "nsenter"] {
+        if !have(tool) {
+            super::skip_or_fail(&format!(
+                "{tool} is not installed (apt-get install nftables iproute2 util-linux)"
+            ));
+            return false;
+        }
+    }
+    true
+}
+
 /// Runs a command and panics with its stderr if it fails; returns stdout.
 pub fn cmd(args: &[&str]) -> String {
     let out = Command::new(args[0])
@@ -41,14 +55,20 @@ pub fn cmd(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `sh -c script` inside namespace `ns`.
-pub fn sh_in(ns: &str, script: &str) -> String {
-    cmd(&["ip", "netns", "exec", ns, "sh", "-ec", script])
+/// `sh -c script` inside the network namespace at `path` (`nsenter
+/// --net`, which leaves `/sys` alone, unlike `ip netns exec`).
+pub fn sh_in(path: &str, script: &str) -> String {
+    cmd(&["nsenter", &format!("--net={path}"), "sh", "-ec", script])
 }
 
-/// A namespace the test made; deleted (with its interfaces) on drop.
+/// A network namespace: one the test made (deleted, with its interfaces,
+/// on drop), or a process's (`/proc/PID/ns/net`, e.g. a container's).
 pub struct Netns {
     pub name: String,
+    /// Its namespace file.
+    pub path: String,
+    /// Made by the test (`ip netns add`): deleted on drop.
+    owned: bool,
 }
 
 impl Netns {
@@ -61,18 +81,39 @@ impl Netns {
             .status();
         cmd(&["ip", "netns", "add", &name]);
         cmd(&["ip", "-n", &name, "link", "set", "lo", "up"]);
-        Self { name }
+        Self {
+            path: format!("/run/netns/{name}"),
+            name,
+            owned: true,
+        }
     }
 
-    /// `ip -n <ns> args…`.
+    /// The network namespace of process `pid` (left alone on drop).
+    pub fn of_pid(pid: u32) -> Self {
+        Self {
+            name: format!("pid{pid}"),
+            path: format!("/proc/{pid}/ns/net"),
+            owned: false,
+        }
+    }
+
+    /// `ip args…` inside this namespace.
     pub fn ip(&self, args: &str) -> String {
-        let mut v = vec!["ip", "-n", self.name.as_str()];
+        let net = format!("--net={}", self.path);
+        let mut v = vec!["nsenter", net.as_str(), "ip"];
         v.extend(args.split_whitespace());
         cmd(&v)
     }
 
     pub fn sh(&self, script: &str) -> String {
-        sh_in(&self.name, script)
+        sh_in(&self.path, script)
+    }
+
+    /// A command that will run inside this namespace (`nsenter --net`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path)).arg("--").arg(program);
+        c
     }
 
     /// Runs `f` on a thread that has entered this namespace.
@@ -85,7 +126,7 @@ impl Netns {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
+        let path = self.path.clone();
         std::thread::spawn(move || {
             let fd = File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             setns(&fd, CloneFlags::CLONE_NEWNET).expect("setns");
@@ -96,8 +137,9 @@ impl Netns {
     /// A process that lives in this namespace until dropped (a stand-in for
     /// a container's leader).
     pub fn leader(&self) -> Leader {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name, "sleep", "3600"])
+        let child = self
+            .command("sleep")
+            .arg("3600")
             .stdin(Stdio::null())
             .spawn()
             .expect("spawning the leader");
@@ -183,6 +225,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .status();
@@ -203,6 +248,129 @@ impl Drop for Leader {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The port of the host's stand-in for the gateway (on every address, a
+/// dual-stack wildcard) and of every test listener; the host also listens
+/// on `0.0.0.0:7001`.
+pub const PORT: u16 = 7000;
+
+/// A "host" namespace (where the hive's table goes) and an "uplink" one
+/// reached from it by explicit routes only. The host: `up0`
+/// (192.0.2.1, 2001:db8:1::1) to the uplink, a second interface `dum0`
+/// (10.77.0.1, fd77::1), forwarding on, and its own services — the
+/// gateway's port on every address, a listener on `0.0.0.0:7001`, DNS on
+/// every address. The uplink holds the "internet" (203.0.113.10,
+/// 2001:db8:2::10), a "LAN" host (10.88.0.10, fd88::10), the resolver
+/// (10.88.0.53) and another DNS server (10.88.0.54).
+pub struct Outside {
+    pub host: Netns,
+    pub uplink: Netns,
+}
+
+impl Outside {
+    pub fn new(tag: &str) -> Self {
+        let host = Netns::new(&format!("{tag}h"));
+        let uplink = Netns::new(&format!("{tag}u"));
+        veth(&host, "up0", &uplink, "down0");
+        host.sh(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
+             ip link set up0 up
+             ip addr add 192.0.2.1/24 dev up0
+             ip addr add 2001:db8:1::1/64 dev up0 nodad
+             ip link add dum0 type veth peer name dum1
+             ip link set dum1 up
+             ip link set dum0 up
+             ip addr add 10.77.0.1/24 dev dum0
+             ip addr add fd77::1/64 dev dum0 nodad
+             ip route add 203.0.113.0/24 via 192.0.2.2
+             ip route add 10.88.0.0/24 via 192.0.2.2
+             ip route add 2001:db8:2::/64 via 2001:db8:1::2
+             ip route add fd88::/64 via 2001:db8:1::2",
+        );
+        uplink.sh(
+            "ip link set down0 up
+             ip addr add 192.0.2.2/24 dev down0
+             ip addr add 2001:db8:1::2/64 dev down0 nodad
+             for a in 203.0.113.10/32 10.88.0.10/32 10.88.0.53/32 10.88.0.54/32; do ip addr add $a dev lo; done
+             for a in 2001:db8:2::10/128 fd88::10/128; do ip addr add $a dev lo nodad; done",
+        );
+        host.echo_peer_tcp(&format!("[::]:{PORT}"));
+        host.echo_peer_tcp("0.0.0.0:7001");
+        host.dns_responder("[::]:53");
+        uplink.echo_peer_tcp(&format!("[::]:{PORT}"));
+        uplink.dns_responder("10.88.0.53:53");
+        uplink.dns_responder("10.88.0.54:53");
+        Self { host, uplink }
+    }
+
+    /// The link-local address of `dev` in the host namespace.
+    pub fn host_link_local(&self, dev: &str) -> String {
+        let out = self
+            .host
+            .ip(&format!("-6 -o addr show dev {dev} scope link"));
+        let cidr = out
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no link-local on {dev}: {out}"));
+        cidr.split('/').next().unwrap().to_owned()
+    }
+
+    /// Every host address and every other agent, as seen from `agent`,
+    /// for agents named with their slots in the default pools.
+    pub fn forbidden_targets(&self, agent: &str, agents: &[(&str, u32)]) -> Vec<String> {
+        let slot = agents.iter().find(|(a, _)| *a == agent).expect("agent").1;
+        let ll = self.host_link_local(&format!("ve-h-{agent}"));
+        let mut t = vec![
+            format!("{}:{PORT}", gateway4(slot)),
+            format!("{}:7001", gateway4(slot)),
+            format!("[{}]:{PORT}", gateway6(slot)),
+            format!("[{ll}%host0]:{PORT}"),
+            format!("10.77.0.1:{PORT}"),
+            format!("10.77.0.1:7001"),
+            format!("[fd77::1]:{PORT}"),
+            format!("192.0.2.1:{PORT}"),
+            format!("[2001:db8:1::1]:{PORT}"),
+        ];
+        // Every other agent's gateway (a host address) and container.
+        for (other, s) in agents {
+            if *other != agent {
+                t.push(format!("{}:{PORT}", gateway4(*s)));
+                t.push(format!("{}:{PORT}", container4(*s)));
+                t.push(format!("[{}]:{PORT}", container6(*s)));
+            }
+        }
+        t
+    }
+}
+
+/// Slot `slot`'s host-side (gateway) address in the default IPv4 pool.
+pub fn gateway4(slot: u32) -> String {
+    format!("10.213.0.{}", slot * 4 + 1)
+}
+
+/// Slot `slot`'s container address in the default IPv4 pool.
+pub fn container4(slot: u32) -> String {
+    format!("10.213.0.{}", slot * 4 + 2)
+}
+
+fn net6(slot: u32) -> String {
+    if slot == 0 {
+        "fd68:6976:6500:".to_owned()
+    } else {
+        format!("fd68:6976:6500:{slot:x}:")
+    }
+}
+
+/// Slot `slot`'s gateway address in the default IPv6 pool.
+pub fn gateway6(slot: u32) -> String {
+    format!("{}:1", net6(slot))
+}
+
+/// Slot `slot`'s container address in the default IPv6 pool.
+pub fn container6(slot: u32) -> String {
+    format!("{}:2", net6(slot))
 }
 
 /// A veth pair: `host_if` in `host`, `peer_if` in `peer`, both created

@@ -23,25 +23,15 @@ use hive_proto::operator::NetworkIsolation;
 use hive_proto::AgentName;
 use tokio_util::sync::CancellationToken;
 
-use crate::common::netns::{have, veth, Leader, Netns};
+use crate::common::netns::{net_tools_available, veth, Leader, Netns, Outside, PORT};
 use crate::common::{is_root, skip_or_fail, REPLY_TIMEOUT};
-
-const PORT: u16 = 7000;
 
 fn can_run() -> bool {
     if !is_root() {
         skip_or_fail("network namespaces and nft need root");
         return false;
     }
-    for tool in ["nft", "ip", "nsenter"] {
-        if !have(tool) {
-            skip_or_fail(&format!(
-                "{tool} is not installed (apt-get install nftables iproute2 util-linux)"
-            ));
-            return false;
-        }
-    }
-    true
+    net_tools_available()
 }
 
 fn name(s: &str) -> AgentName {
@@ -65,55 +55,24 @@ where
     })
 }
 
-/// The world of one test.
+/// The world of one test: the host and uplink, and one namespace per
+/// agent with its veth named as nspawn names it and a stand-in leader.
 struct World {
-    host: Netns,
-    uplink: Netns,
+    outside: Outside,
     agents: BTreeMap<&'static str, (Netns, Leader)>,
     store: Store,
     _dir: tempfile::TempDir,
 }
 
+const AGENTS: [(&str, u32); 3] = [("alice", 0), ("bob", 1), ("carol", 2)];
+
 impl World {
     fn new(tag: &str) -> Self {
-        let host = Netns::new(&format!("{tag}h"));
-        let uplink = Netns::new(&format!("{tag}u"));
-        veth(&host, "up0", &uplink, "down0");
-        host.sh(
-            "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
-             ip link set up0 up
-             ip addr add 192.0.2.1/24 dev up0
-             ip addr add 2001:db8:1::1/64 dev up0 nodad
-             ip link add dum0 type veth peer name dum1
-             ip link set dum1 up
-             ip link set dum0 up
-             ip addr add 10.77.0.1/24 dev dum0
-             ip addr add fd77::1/64 dev dum0 nodad
-             ip route add 203.0.113.0/24 via 192.0.2.2
-             ip route add 10.88.0.0/24 via 192.0.2.2
-             ip route add 2001:db8:2::/64 via 2001:db8:1::2
-             ip route add fd88::/64 via 2001:db8:1::2",
-        );
-        uplink.sh(
-            "ip link set down0 up
-             ip addr add 192.0.2.2/24 dev down0
-             ip addr add 2001:db8:1::2/64 dev down0 nodad
-             for a in 203.0.113.10/32 10.88.0.10/32 10.88.0.53/32 10.88.0.54/32; do ip addr add $a dev lo; done
-             for a in 2001:db8:2::10/128 fd88::10/128; do ip addr add $a dev lo nodad; done",
-        );
-        // The host's own services: the gateway's port on every address (a
-        // dual-stack wildcard), a listener on 0.0.0.0, and DNS.
-        host.echo_peer_tcp(&format!("[::]:{PORT}"));
-        host.echo_peer_tcp("0.0.0.0:7001");
-        host.dns_responder("[::]:53");
-        uplink.echo_peer_tcp(&format!("[::]:{PORT}"));
-        uplink.dns_responder("10.88.0.53:53");
-        uplink.dns_responder("10.88.0.54:53");
-
+        let outside = Outside::new(tag);
         let mut agents = BTreeMap::new();
-        for agent in ["alice", "bob", "carol"] {
+        for (agent, _) in AGENTS {
             let ns = Netns::new(&format!("{tag}{agent}"));
-            veth(&host, &format!("ve-h-{agent}"), &ns, "host0");
+            veth(&outside.host, &format!("ve-h-{agent}"), &ns, "host0");
             ns.echo_peer_tcp(&format!("[::]:{PORT}"));
             let leader = ns.leader();
             agents.insert(agent, (ns, leader));
@@ -121,12 +80,15 @@ impl World {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("hive.db"), Arc::new(Hub::new())).expect("store");
         Self {
-            host,
-            uplink,
+            outside,
             agents,
             store,
             _dir: dir,
         }
+    }
+
+    fn host(&self) -> &Netns {
+        &self.outside.host
     }
 
     fn agent(&self, a: &str) -> &Netns {
@@ -167,7 +129,7 @@ impl World {
     /// An isolation over this world's agents, with `tools`.
     fn isolation(&self, tools: Tools) -> Isolation {
         let store = self.store.clone();
-        on_host(&self.host, move || async move {
+        on_host(self.host(), move || async move {
             Isolation::new(World::net(), tools, &store, &World::policies())
                 .await
                 .expect("allocating")
@@ -177,71 +139,27 @@ impl World {
     fn attach_all(&self, iso: &Isolation) {
         for (agent, (_, leader)) in &self.agents {
             let (iso, agent, pid) = (iso.clone(), name(agent), leader.pid());
-            on_host(&self.host, move || async move {
+            on_host(self.host(), move || async move {
                 iso.attach(&agent, &format!("ve-h-{agent}"), pid).await
             })
             .unwrap_or_else(|e| panic!("attaching: {e}"));
         }
     }
 
-    /// The link-local address of `dev` in the host namespace.
-    fn host_link_local(&self, dev: &str) -> String {
-        let out = self
-            .host
-            .ip(&format!("-6 -o addr show dev {dev} scope link"));
-        let cidr = out
-            .split_whitespace()
-            .skip_while(|w| *w != "inet6")
-            .nth(1)
-            .unwrap_or_else(|| panic!("no link-local on {dev}: {out}"));
-        cidr.split('/').next().unwrap().to_owned()
-    }
-
     fn table_present(&self) -> bool {
-        on_host(&self.host, || async { Nft::default().list().await })
+        on_host(self.host(), || async { Nft::default().list().await })
             .expect("nft list")
             .is_some()
     }
 
     fn nft(&self, args: &str) {
-        self.host.sh(&format!("nft {args}"));
+        self.host().sh(&format!("nft {args}"));
     }
 }
 
 /// Every host address and every other agent, as seen from `agent`.
-fn forbidden_targets(w: &World, agent: &str, slot: u32) -> Vec<String> {
-    let gw4 = format!("10.213.0.{}", slot * 4 + 1);
-    let gw6 = if slot == 0 {
-        "fd68:6976:6500::1".to_owned()
-    } else {
-        format!("fd68:6976:6500:{slot:x}::1")
-    };
-    let ll = w.host_link_local(&format!("ve-h-{agent}"));
-    let mut t = vec![
-        format!("{gw4}:{PORT}"),
-        format!("{gw4}:7001"),
-        format!("[{gw6}]:{PORT}"),
-        format!("[{ll}%host0]:{PORT}"),
-        format!("10.77.0.1:{PORT}"),
-        format!("10.77.0.1:7001"),
-        format!("[fd77::1]:{PORT}"),
-        format!("192.0.2.1:{PORT}"),
-        format!("[2001:db8:1::1]:{PORT}"),
-    ];
-    // Every other agent's gateway (a host address) and container.
-    for (other, s) in [("alice", 0u32), ("bob", 1), ("carol", 2)] {
-        if other != agent {
-            t.push(format!("10.213.0.{}:{PORT}", s * 4 + 1));
-            t.push(format!("10.213.0.{}:{PORT}", s * 4 + 2));
-            let net6 = if s == 0 {
-                "fd68:6976:6500:".to_owned()
-            } else {
-                format!("fd68:6976:6500:{s:x}:")
-            };
-            t.push(format!("[{net6}:2]:{PORT}"));
-        }
-    }
-    t
+fn forbidden_targets(w: &World, agent: &str) -> Vec<String> {
+    w.outside.forbidden_targets(agent, &AGENTS)
 }
 
 fn open_ones(ns: &Netns, targets: &[String]) -> Vec<String> {
@@ -257,7 +175,7 @@ fn spawn_reconcile(
     failures: &Arc<std::sync::Mutex<Vec<String>>>,
 ) -> std::thread::JoinHandle<()> {
     let (iso, stop, failures) = (iso.clone(), stop.clone(), Arc::clone(failures));
-    w.host.spawn(move || {
+    w.host().spawn(move || {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -288,7 +206,7 @@ fn agents_reach_neither_the_host_nor_each_other_and_egress_follows_policy() {
     let iso = w.isolation(Tools::default());
     {
         let iso = iso.clone();
-        on_host(&w.host, move || async move { iso.apply().await }).expect("installing the table");
+        on_host(w.host(), move || async move { iso.apply().await }).expect("installing the table");
     }
     w.attach_all(&iso);
     let alice = w.agent("alice");
@@ -297,10 +215,10 @@ fn agents_reach_neither_the_host_nor_each_other_and_egress_follows_policy() {
 
     // Without the table everything below is reachable: the probes can fail.
     w.nft(&format!("delete table inet {TABLE}"));
-    for ns in [&w.host, alice, bob, carol] {
+    for ns in [w.host(), alice, bob, carol] {
         ns.wait_for_dad();
     }
-    let targets = forbidden_targets(&w, "alice", 0);
+    let targets = forbidden_targets(&w, "alice");
     assert_eq!(
         open_ones(alice, &targets),
         targets,
@@ -311,12 +229,12 @@ fn agents_reach_neither_the_host_nor_each_other_and_egress_follows_policy() {
     assert_eq!(alice.tcp_probe(&format!("203.0.113.10:{PORT}")), None);
     {
         let iso = iso.clone();
-        on_host(&w.host, move || async move { iso.apply().await }).expect("reinstalling");
+        on_host(w.host(), move || async move { iso.apply().await }).expect("reinstalling");
     }
 
     // Nothing of the host, nothing of another agent, over IPv4 and IPv6.
-    for (agent, slot) in [("alice", 0), ("bob", 1), ("carol", 2)] {
-        let open = open_ones(w.agent(agent), &forbidden_targets(&w, agent, slot));
+    for (agent, _) in AGENTS {
+        let open = open_ones(w.agent(agent), &forbidden_targets(&w, agent));
         assert!(open.is_empty(), "{agent} reached {open:?}");
     }
 
@@ -375,12 +293,12 @@ fn agents_reach_neither_the_host_nor_each_other_and_egress_follows_policy() {
         format!("[fd68:6976:6500::2]:{PORT}"),
         format!("10.213.0.10:{PORT}"),
     ] {
-        assert!(w.host.tcp_probe(&t).is_some(), "host could not reach {t}");
+        assert!(w.host().tcp_probe(&t).is_some(), "host could not reach {t}");
     }
 
     // Coexistence: a second table that accepts everything first (as an
     // open host firewall or iptables-nft would) undoes none of our drops...
-    w.host.sh("nft -f - <<'EOF'
+    w.host().sh("nft -f - <<'EOF'
 table inet othersfw {
   chain input { type filter hook input priority filter - 100; policy accept; accept; }
   chain forward { type filter hook forward priority filter - 100; policy accept; accept; }
@@ -390,7 +308,7 @@ table ip filter {
   chain FORWARD { type filter hook forward priority filter; policy accept; counter accept; }
 }
 EOF");
-    let open = open_ones(alice, &forbidden_targets(&w, "alice", 0));
+    let open = open_ones(alice, &forbidden_targets(&w, "alice"));
     assert!(open.is_empty(), "an accepting table opened {open:?}");
     assert!(bob.tcp_probe(&format!("10.88.0.10:{PORT}")).is_some());
     // ...and a drop there is not undone by our accepts.
@@ -416,7 +334,7 @@ EOF");
     });
     eprintln!("flushed chain restored after {} ms", took.as_millis());
     assert_eq!(alice.tcp_probe(&gateway), None);
-    assert!(open_ones(alice, &forbidden_targets(&w, "alice", 0)).is_empty());
+    assert!(open_ones(alice, &forbidden_targets(&w, "alice")).is_empty());
     assert!(failures.lock().unwrap().is_empty());
 
     // Clean shutdown removes the table.
@@ -424,11 +342,11 @@ EOF");
     reconcile.join().unwrap();
     {
         let iso = iso.clone();
-        on_host(&w.host, move || async move { iso.remove().await }).expect("removing");
+        on_host(w.host(), move || async move { iso.remove().await }).expect("removing");
     }
     assert!(!w.table_present());
     assert!(iso.check_ready().is_err());
-    drop(w.uplink);
+    drop(w);
 }
 
 #[test]
@@ -498,7 +416,7 @@ fn without_a_working_nft_no_agent_is_attached_and_running_ones_are_stopped() {
     let iso = w.isolation(missing);
     let err = {
         let iso = iso.clone();
-        on_host(&w.host, move || async move { iso.apply().await }).unwrap_err()
+        on_host(w.host(), move || async move { iso.apply().await }).unwrap_err()
     };
     assert!(matches!(err, IsolationError::Spawn { .. }), "{err}");
     let refused = iso.check_ready().unwrap_err().to_string();
@@ -515,7 +433,7 @@ fn without_a_working_nft_no_agent_is_attached_and_running_ones_are_stopped() {
     let pid = w.agents["alice"].1.pid();
     let attach = {
         let iso = iso.clone();
-        on_host(&w.host, move || async move {
+        on_host(w.host(), move || async move {
             iso.attach(&name("alice"), "ve-h-alice", pid).await
         })
     };
@@ -540,7 +458,7 @@ fn without_a_working_nft_no_agent_is_attached_and_running_ones_are_stopped() {
     });
     {
         let iso = iso.clone();
-        on_host(&w.host, move || async move { iso.apply().await }).expect("installing");
+        on_host(w.host(), move || async move { iso.apply().await }).expect("installing");
     }
     w.attach_all(&iso);
     let stop = CancellationToken::new();
@@ -567,7 +485,7 @@ fn without_a_working_nft_no_agent_is_attached_and_running_ones_are_stopped() {
     reconcile.join().unwrap();
     let r = {
         let iso = iso.clone();
-        on_host(&w.host, move || async move { iso.reconcile().await })
+        on_host(w.host(), move || async move { iso.reconcile().await })
     };
     assert_eq!(r, Reconciled::Intact);
 }

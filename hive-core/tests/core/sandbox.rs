@@ -46,14 +46,7 @@ async fn without_a_working_bubblewrap_no_agent_starts_and_the_refusal_names_the_
     hive.wait_for_admin_socket();
     assert_eq!(state(&hive).await, RunState::Stopped, "{}", hive.log());
     let err = hive
-        .admin()
-        .await
-        .call(hive_proto::operator::AdminRequest::Operator(
-            OperatorRequest::Lifecycle {
-                name: AgentName::new("alice").unwrap(),
-                action: LifecycleAction::Start,
-            },
-        ))
+        .try_lifecycle("alice", LifecycleAction::Start)
         .await
         .expect_err("start must be refused");
     let text = err.to_string();
