@@ -93,9 +93,15 @@ struct Watch {
     /// Bumped by every decision about the agent; a scheduled restart
     /// fires only if nothing was decided since.
     generation: u64,
-    /// When it was last started or resumed (Unix ms): the idle clock
-    /// starts here if the agent never speaks.
+    /// When it was last up after a start or resume (Unix ms): the idle
+    /// clock starts here if the agent never speaks. Set when the runtime's
+    /// start *returns*, not when it is called: a container can take longer
+    /// to come up than a short `idle_timeout`, and a clock started before
+    /// would stop it the moment it is up.
     since_ms: i64,
+    /// What was decided about its last crash (`restarting in …`, or why it
+    /// stays down), shown after the reason on its `crashed` row.
+    note: Option<String>,
 }
 
 impl Watch {
@@ -107,6 +113,7 @@ impl Watch {
             restarts: VecDeque::new(),
             generation: 0,
             since_ms: crate::now_ms(),
+            note: None,
         }
     }
 }
@@ -192,7 +199,8 @@ impl Supervisor {
                 continue;
             }
             self.mark_started(&agent);
-            if let Err(e) = self.inner.runtime.start(&agent).await {
+            let started = self.inner.runtime.start(&agent).await;
+            if let Err(e) = self.up(&agent, started) {
                 tracing::error!(agent = %agent, error = %e, "could not start agent");
             }
         }
@@ -225,10 +233,11 @@ impl Supervisor {
             self.watch_mailbox(agent.clone());
         }
         self.mark_started(agent);
-        match self.inner.runtime.state(agent) {
+        let started = match self.inner.runtime.state(agent) {
             s if needs_start(s) => self.inner.runtime.start(agent).await,
             _ => self.inner.runtime.restart(agent).await,
-        }
+        };
+        self.up(agent, started)
     }
 
     /// Stops and forgets an agent the config no longer has.
@@ -255,12 +264,26 @@ impl Supervisor {
         lock.lock_owned().await
     }
 
-    /// Restarts the idle clock and forgets idleness: it is being started.
+    /// Forgets idleness and the last crash's note: it is being started.
     fn mark_started(&self, agent: &AgentName) {
         if let Some(w) = self.lock().get_mut(agent) {
             w.idle = false;
+            w.note = None;
             w.since_ms = crate::now_ms();
         }
+    }
+
+    /// Passes on the runtime's answer to a start (or restart, resume) of
+    /// `agent`, starting its idle clock now if it is up: only now, once
+    /// the runtime returned, does the agent run (a container start takes
+    /// its time), so only now may its `idle_timeout` begin.
+    fn up(&self, agent: &AgentName, started: Result<(), RuntimeError>) -> Result<(), RuntimeError> {
+        if started.is_ok() {
+            if let Some(w) = self.lock().get_mut(agent) {
+                w.since_ms = crate::now_ms();
+            }
+        }
+        started
     }
 
     /// An operator's lifecycle verb, which also says what is wanted from
@@ -287,20 +310,23 @@ impl Supervisor {
                 w.idle = false;
                 w.restarts.clear();
                 w.generation += 1;
+                w.note = None;
                 w.since_ms = crate::now_ms();
             }
         }
         match action {
-            LifecycleAction::Start => rt.start(agent).await,
+            LifecycleAction::Start => self.up(agent, rt.start(agent).await),
             LifecycleAction::Stop => rt.stop(agent).await,
-            LifecycleAction::Restart => rt.restart(agent).await,
+            LifecycleAction::Restart => self.up(agent, rt.restart(agent).await),
             LifecycleAction::Pause => rt.pause(agent).await,
             LifecycleAction::Resume => {
-                rt.resume(agent).await?;
-                self.mark_started(agent);
-                Ok(())
+                let resumed = rt.resume(agent).await;
+                if resumed.is_ok() {
+                    self.mark_started(agent);
+                }
+                resumed
             }
-            LifecycleAction::Rebuild => rt.rebuild(agent).await,
+            LifecycleAction::Rebuild => self.up(agent, rt.rebuild(agent).await),
             LifecycleAction::Destroy => rt.destroy(agent, false).await,
         }
     }
@@ -370,8 +396,9 @@ impl Supervisor {
                 (Want::Run, RestartPolicy::OnFailure) if w.restarts.len() as u32 >= s.max => (
                     None,
                     format!(
-                        "it was restarted {} times in {} s: it stays down until an operator starts it",
-                        s.max,
+                        "it was restarted {} in {} s, the most [restart] max allows: \
+                         it stays down until an operator starts it",
+                        times(s.max),
                         s.window.as_secs()
                     ),
                 ),
@@ -393,6 +420,7 @@ impl Supervisor {
                     (Some(delay), note)
                 }
             };
+            w.note = Some(note.clone());
             (delay, note, w.generation, managers)
         };
         let record = CrashRecord {
@@ -433,7 +461,8 @@ impl Supervisor {
             return; // someone decided otherwise meanwhile
         }
         self.mark_started(agent);
-        match self.inner.runtime.start(agent).await {
+        let started = self.inner.runtime.start(agent).await;
+        match self.up(agent, started) {
             Ok(()) => tracing::info!(agent = %agent, "restarted after a crash"),
             Err(e) => tracing::error!(agent = %agent, error = %e, "restart after a crash failed"),
         }
@@ -568,10 +597,10 @@ impl Supervisor {
             }
             w.idle = false;
             w.generation += 1;
-            w.since_ms = crate::now_ms();
         }
         tracing::info!(agent = %agent, "waking an idle agent: something arrived for it");
-        if let Err(e) = self.inner.runtime.start(agent).await {
+        let started = self.inner.runtime.start(agent).await;
+        if let Err(e) = self.up(agent, started) {
             tracing::error!(agent = %agent, error = %e, "could not wake agent");
         }
     }
@@ -607,6 +636,15 @@ impl Supervisor {
             .iter()
             .map(|(n, w)| (n.clone(), w.want == Want::Run))
             .collect()
+    }
+}
+
+/// "once", "twice", "3 times".
+fn times(n: u32) -> String {
+    match n {
+        1 => "once".into(),
+        2 => "twice".into(),
+        n => format!("{n} times"),
     }
 }
 
@@ -669,6 +707,9 @@ impl RuntimeControl for Supervisor {
     fn agent_view(&self, agent: &AgentName) -> AgentView {
         let mut view = self.inner.runtime.view(agent);
         view.state = self.state_of(agent, view.state);
+        if view.state == RunState::Crashed {
+            view.crash_note = self.lock().get(agent).and_then(|w| w.note.clone());
+        }
         view
     }
 }

@@ -20,8 +20,9 @@
 //! - `quota`: an agent flooding `send`/`status` is refused or coalesced
 //!   while others flow; what is stored for an agent is capped.
 //! - `containers`: the nspawn runtime with real containers (root): own
-//!   socket only, uid ranges, lifecycle, crash seen at once, adoption, OOM,
-//!   destroy --purge.
+//!   socket only, uid ranges, lifecycle, crash seen at once and handled per
+//!   restart policy (manager told, on-failure up to its cap, never), idle
+//!   stop and wake, adoption, OOM, destroy --purge.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 //! - `sandbox`: the process runtime refuses to run agents without
 //!   bubblewrap unless `allow_unsandboxed`, and then `Health` says so.

@@ -273,7 +273,9 @@ pub struct AgentSummary {
     /// Its container's init (or its process) on the host, while it runs.
     pub leader_pid: Option<u32>,
     /// Why it last ended when nobody asked it to (`exited with status 3`,
-    /// `killed by the kernel: out of memory (OOM)`); set on `crashed` rows.
+    /// `killed by the kernel: out of memory (OOM)`) and, after `; `, what
+    /// supervision does about it (`restarting in 200 ms (restart 1 of 5 in
+    /// 600 s)`, or why it stays down); set on `crashed` rows.
     pub crash_reason: Option<String>,
     /// The last traffic on its socket, if any since the daemon started.
     pub last_activity_at: Option<UnixMillis>,

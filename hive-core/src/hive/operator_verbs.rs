@@ -288,7 +288,10 @@ impl Hive {
                         count: r.count,
                     }),
                     leader_pid: view.leader_pid,
-                    crash_reason: view.crash.map(|c| c.to_string()),
+                    crash_reason: view.crash.map(|c| match &view.crash_note {
+                        Some(note) => format!("{c}; {note}"),
+                        None => c.to_string(),
+                    }),
                     last_activity_at: None,
                     name: row.name,
                 }

@@ -226,6 +226,10 @@ pub struct AgentView {
     pub host_veth: Option<String>,
     /// Why it last ended, when that was not asked for.
     pub crash: Option<ExitReason>,
+    /// What the supervision layer decided about that crash (`restarting in
+    /// 200 ms …`, or why it stays down); set only by the supervisor, shown
+    /// after the reason.
+    pub crash_note: Option<String>,
 }
 
 impl AgentView {
@@ -238,6 +242,7 @@ impl AgentView {
             leader_pid: None,
             host_veth: None,
             crash: None,
+            crash_note: None,
         }
     }
 }

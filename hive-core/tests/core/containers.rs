@@ -21,6 +21,11 @@ use crate::common::{nspawn_available, sibling_bin, TestHive};
 /// A hive on the nspawn runtime whose agents run `script` (with `$HA`
 /// naming `hive-agent`) under `/bin/sh`, plus extra `[agents.*]` keys.
 fn nspawn_hive(agents: &[(&str, &str, &str)]) -> Option<(TestHive, PathBuf)> {
+    nspawn_hive_with("", agents)
+}
+
+/// [`nspawn_hive`] with extra top-level config (`[restart]`, ...).
+fn nspawn_hive_with(top: &str, agents: &[(&str, &str, &str)]) -> Option<(TestHive, PathBuf)> {
     if !nspawn_available() {
         return None;
     }
@@ -32,7 +37,7 @@ fn nspawn_hive(agents: &[(&str, &str, &str)]) -> Option<(TestHive, PathBuf)> {
             format!("[agents.{name}]\ncommand = [\"/bin/sh\", \"-c\", {script:?}]\n{extra}\n")
         })
         .collect();
-    let hive = TestHive::with_runtime("nspawn", "stop_timeout = 5", &tables);
+    let hive = TestHive::with_runtime("nspawn", &format!("stop_timeout = 5\n{top}"), &tables);
     Some((hive, ha))
 }
 
@@ -256,55 +261,223 @@ async fn root_inside_is_the_agents_own_range_outside_and_its_files_are_unreadabl
     hive.stop();
 }
 
-#[tokio::test]
-async fn sigkill_of_a_containers_init_is_seen_as_crashed_at_once() {
-    let Some((mut hive, _)) = nspawn_hive(&[("cka", "exec $HA demo", "restart = \"never\"")])
-    else {
-        return;
-    };
-    hive.start();
-    let row = hive
-        .wait_agent("cka", "set its status", |r| {
-            running(r) && r.status.is_some()
-        })
-        .await;
-    let leader = row.leader_pid.unwrap() as i32;
+/// SIGKILLs `agent`'s container init (the status row's leader pid) and
+/// waits for its row to show `crashed`; prints how long that took (a
+/// figure for docs/perf.md, not an assertion: no test asserts time) and
+/// returns the crashed row and the killed pid.
+async fn kill_init(hive: &TestHive, agent: &str) -> (AgentSummary, u32) {
+    let leader = hive.agent(agent).await.leader_pid.expect("a leader pid");
     let killed = Instant::now();
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(leader),
+        nix::unistd::Pid::from_raw(leader as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    let crashed = hive
-        .wait_agent("cka", "crashed", |r| r.run_state == RunState::Crashed)
-        .await;
-    let seen = killed.elapsed();
-    // A figure for docs/perf.md, not an assertion: no test asserts time.
-    println!("crash of h-cka seen after {} ms", seen.as_millis());
-    assert_eq!(crashed.leader_pid, None);
     let row = hive
-        .wait_agent("cka", "gave the reason", |r| r.crash_reason.is_some())
+        .wait_agent(agent, "crashed", |r| r.run_state == RunState::Crashed)
         .await;
-    let journal_file = fs::read_to_string(lib_dir(&hive, "cka").join("harness/journal.log"));
-    assert_eq!(
-        row.crash_reason.as_deref(),
-        Some("killed by signal 9 (SIGKILL)"),
-        "{journal_file:?}"
+    println!(
+        "crash of h-{agent} seen after {} ms",
+        killed.elapsed().as_millis()
     );
-    let journal = match hive
-        .operator(OperatorRequest::Journal {
-            agent: AgentName::new("cka").unwrap(),
-            lines: 50,
+    assert_eq!(row.leader_pid, None);
+    (row, leader)
+}
+
+/// Waits until `agent`'s row says what supervision decided about its
+/// crash (the reason, `; `, the decision) and returns that text.
+async fn crash_text(hive: &TestHive, agent: &str) -> String {
+    let row = hive
+        .wait_agent(agent, "gave the reason and the decision", |r| {
+            r.crash_reason.as_deref().is_some_and(|c| c.contains("; "))
         })
-        .await
-    {
+        .await;
+    row.crash_reason.unwrap()
+}
+
+async fn journal(hive: &TestHive, agent: &str) -> Vec<String> {
+    let req = OperatorRequest::Journal {
+        agent: AgentName::new(agent).unwrap(),
+        lines: 200,
+    };
+    match hive.operator(req).await {
         OperatorResponse::Journal(lines) => lines,
         other => panic!("{other:?}"),
+    }
+}
+
+/// How many times the core started `agent`'s container (its start
+/// markers in the journal file).
+fn starts(hive: &TestHive, agent: &str) -> usize {
+    fs::read_to_string(lib_dir(hive, agent).join("harness/journal.log"))
+        .unwrap_or_default()
+        .matches("hive-core: starting container")
+        .count()
+}
+
+/// The `agent_crashed` items the manager's `hive-agent recv --follow`
+/// printed inside its container, once it printed `n` of them.
+async fn manager_heard(hive: &TestHive, manager: &str, n: usize) -> Vec<String> {
+    let end = Instant::now() + crate::common::REPLY_TIMEOUT;
+    loop {
+        let heard: Vec<String> = journal(hive, manager)
+            .await
+            .into_iter()
+            .filter(|l| l.contains("\"kind\":\"agent_crashed\""))
+            .collect();
+        if heard.len() >= n || Instant::now() > end {
+            assert_eq!(heard.len(), n, "{heard:?}\n{}", hive.log());
+            return heard;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn sigkill_of_container_inits_is_seen_at_once_reported_to_the_manager_and_handled_per_restart_policy(
+) {
+    // One restart per window: svf's second crash hits the cap.
+    let Some((mut hive, _)) = nspawn_hive_with(
+        "[restart]\nbackoff_ms = 200\nmax = 1\nwindow_s = 600",
+        &[
+            ("svk", "exec $HA demo", "restart = \"never\""),
+            ("svf", "exec $HA demo", "restart = \"on-failure\""),
+            ("svm", "exec $HA recv --follow --ack", "manager = true"),
+        ],
+    ) else {
+        return;
     };
-    assert!(
-        journal.iter().any(|l| l.contains("connected as cka")),
-        "{journal:?}"
+    hive.start();
+    for a in ["svk", "svf", "svm"] {
+        hive.wait_agent(a, "connected", |r| running(r) && r.connections == 1)
+            .await;
+    }
+
+    // never: crashed at once, the reason from nspawn, and it stays down.
+    kill_init(&hive, "svk").await;
+    let svk = crash_text(&hive, "svk").await;
+    assert_eq!(
+        svk,
+        "killed by signal 9 (SIGKILL); restart = \"never\": it stays down until an operator starts it"
     );
+    assert!(
+        journal(&hive, "svk")
+            .await
+            .iter()
+            .any(|l| l.contains("connected as svk")),
+        "the journal verb shows the container's output"
+    );
+
+    // on-failure: crashed at once, then a new container whose hive-agent
+    // speaks on its socket again.
+    let (_, first) = kill_init(&hive, "svf").await;
+    assert!(
+        crash_text(&hive, "svf")
+            .await
+            .starts_with("killed by signal 9 (SIGKILL); restarting in 200 ms (restart 1 of 1"),
+        "{}",
+        hive.log()
+    );
+    let back = hive
+        .wait_agent("svf", "came back", |r| running(r) && r.connections == 1)
+        .await;
+    assert_ne!(back.leader_pid, Some(first));
+    assert!(back.crash_reason.is_none(), "{back:?}");
+    send(&hive, "svf", "back again").await;
+    hive.wait_agent("svf", "answered", |r| {
+        r.status.as_deref() == Some(got("back again").as_str())
+    })
+    .await;
+    assert_eq!(starts(&hive, "svf"), 2);
+
+    // The cap: the next crash in the window leaves it down, and says why.
+    kill_init(&hive, "svf").await;
+    let capped = crash_text(&hive, "svf").await;
+    assert_eq!(
+        capped,
+        "killed by signal 9 (SIGKILL); it was restarted once in 600 s, the most [restart] max \
+         allows: it stays down until an operator starts it"
+    );
+
+    // The manager's hive-agent, in its own container, got all three, once.
+    let heard = manager_heard(&hive, "svm", 3).await;
+    assert!(
+        heard[0].contains("agent svk crashed: killed by signal 9"),
+        "{heard:?}"
+    );
+    assert!(heard[0].contains("it stays down"), "{heard:?}");
+    assert!(
+        heard[1].contains("agent svf crashed: killed by signal 9"),
+        "{heard:?}"
+    );
+    assert!(heard[1].contains("restarting in 200 ms"), "{heard:?}");
+    assert!(heard[2].contains("agent svf crashed"), "{heard:?}");
+    assert!(heard[2].contains("it stays down"), "{heard:?}");
+
+    // Both still down, never started again, long after svf's backoff.
+    for (a, n) in [("svk", 1), ("svf", 2)] {
+        let row = hive.agent(a).await;
+        assert_eq!(
+            (row.run_state, row.leader_pid),
+            (RunState::Crashed, None),
+            "{a}"
+        );
+        assert_eq!(starts(&hive, a), n, "{a}");
+    }
+    assert!(running(&hive.agent("svm").await));
+    hive.stop();
+}
+
+#[tokio::test]
+async fn an_idle_container_is_stopped_and_a_message_starts_it_and_is_delivered_once() {
+    // Each start appends to /state/ups 0.3 s after the container is up,
+    // before hive-agent connects (a connection is traffic): the idle
+    // clock must start when the container is up, not when its start was
+    // asked for, or a start slower than idle_timeout is stopped at once.
+    let script = "sleep 0.3; echo up >> /state/ups; exec $HA recv --follow --ack";
+    let Some((mut hive, _)) = nspawn_hive(&[("svi", script, "idle_timeout = 1")]) else {
+        return;
+    };
+    hive.start();
+    let mut leader = hive
+        .wait_agent("svi", "connected", |r| running(r) && r.connections == 1)
+        .await
+        .leader_pid
+        .unwrap();
+    for (n, body) in [(1, "wake up"), (2, "and again")] {
+        // Idle: stopped, its container gone.
+        let idle = hive
+            .wait_agent("svi", "went idle", |r| r.run_state == RunState::Idle)
+            .await;
+        assert_eq!(idle.leader_pid, None);
+        assert!(
+            !Path::new(&format!("/proc/{leader}")).exists(),
+            "init {leader} lives on"
+        );
+        assert_eq!(starts(&hive, "svi"), n);
+        // A message starts it; its hive-agent gets it once and acks it.
+        send(&hive, "svi", body).await;
+        let row = hive
+            .wait_agent("svi", "woke", |r| running(r) && r.connections == 1)
+            .await;
+        assert_ne!(row.leader_pid, Some(leader));
+        leader = row.leader_pid.unwrap();
+        hive.wait_agent("svi", "acked", |r| r.unread == 0).await;
+    }
+    hive.wait_agent("svi", "went idle again", |r| r.run_state == RunState::Idle)
+        .await;
+    let lines = journal(&hive, "svi").await;
+    for body in ["wake up", "and again"] {
+        let got: Vec<&String> = lines.iter().filter(|l| l.contains(body)).collect();
+        assert_eq!(got.len(), 1, "{body}: {lines:?}");
+    }
+    let ups = fs::read_to_string(state_dir(&hive, "svi").join("ups")).unwrap();
+    assert_eq!(
+        ups.lines().count(),
+        3,
+        "each start got its idle timeout: {ups:?}"
+    );
+    assert_eq!(starts(&hive, "svi"), 3);
     hive.stop();
 }
 
@@ -387,9 +560,10 @@ async fn a_memory_hog_is_oom_killed_and_shown_crashed_while_another_agent_works(
         hive.wait_agent("coh", "gave the reason", |r| r.crash_reason.is_some())
             .await
     };
-    assert_eq!(
-        row.crash_reason.as_deref(),
-        Some("killed by the kernel: out of memory (OOM)"),
+    assert!(
+        row.crash_reason
+            .as_deref()
+            .is_some_and(|c| c.starts_with("killed by the kernel: out of memory (OOM)")),
         "{row:?}"
     );
     // The other agent never noticed.
