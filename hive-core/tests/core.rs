@@ -24,6 +24,9 @@
 //!   restart policy (manager told, on-failure up to its cap, never), idle
 //!   stop and wake, adoption, OOM, destroy --purge.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
+//! - `config_clis`: `hive-agent propose-config|request-spawn` and `hivectl
+//!   approvals|approve|deny|config …` as real processes; refusals on one
+//!   line leave no approval and no branch.
 //! - `sandbox`: the process runtime refuses to run agents without
 //!   bubblewrap unless `allow_unsandboxed`, and then `Health` says so.
 //! - `supervision`: crashes recorded, raised and reported to managers;
@@ -52,6 +55,8 @@ mod audit;
 mod authority;
 #[path = "core/clis.rs"]
 mod clis;
+#[path = "core/config_clis.rs"]
+mod config_clis;
 #[path = "core/config_repo.rs"]
 mod config_repo;
 #[path = "core/containers.rs"]

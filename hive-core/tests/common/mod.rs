@@ -138,6 +138,11 @@ impl TestHive {
         self.dir.path().join("core.log")
     }
 
+    /// The config repo (`<state_dir>/meta`).
+    pub fn meta_dir(&self) -> PathBuf {
+        self.dir.path().join("lib").join("meta")
+    }
+
     /// The daemon's log so far, for failure messages.
     pub fn log(&self) -> String {
         fs::read_to_string(self.log_path()).unwrap_or_default()
@@ -523,6 +528,23 @@ pub fn run_as(
     let output = child.wait_with_output().expect("wait");
     let err = String::from_utf8_lossy(&output.stderr).into_owned();
     (output.status, output.stdout, err)
+}
+
+/// Plain `git -C repo args…` (the operator's view of the config repo);
+/// panics unless it succeeds, returns its stdout.
+pub fn git(repo: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(repo)
+        .args(args)
+        .output()
+        .expect("git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A human description of how a process ended.

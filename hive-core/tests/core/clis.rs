@@ -22,8 +22,8 @@ use crate::common::{describe, sibling_bin, TestHive, REPLY_TIMEOUT};
 const CLI_TIMEOUT: Duration = REPLY_TIMEOUT;
 
 /// A started hive and the two CLIs built beside its daemon.
-struct Clis {
-    hive: TestHive,
+pub(crate) struct Clis {
+    pub(crate) hive: TestHive,
     hivectl: PathBuf,
     hive_agent: PathBuf,
 }
@@ -31,7 +31,7 @@ struct Clis {
 impl Clis {
     /// Starts a hive with `agents`; `None` (after `skip_or_fail`) if the CLIs
     /// were not built next to `hive-core`.
-    fn start(agents: &[&str]) -> Option<Self> {
+    pub(crate) fn start(agents: &[&str]) -> Option<Self> {
         Self::start_hive(TestHive::new(agents))
     }
 
@@ -48,7 +48,7 @@ impl Clis {
     }
 
     /// `hive-agent --socket <agent's socket> args…` (no `HIVE_SOCKET`).
-    fn agent(&self, agent: &str, args: &[&str]) -> Command {
+    pub(crate) fn agent(&self, agent: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.hive_agent);
         cmd.env_remove("HIVE_SOCKET")
             .arg("--socket")
@@ -58,7 +58,7 @@ impl Clis {
     }
 
     /// `HIVE_SOCKET=<agent's socket> hive-agent args…` (no `--socket`).
-    fn agent_env(&self, agent: &str, args: &[&str]) -> Command {
+    pub(crate) fn agent_env(&self, agent: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.hive_agent);
         cmd.env("HIVE_SOCKET", self.hive.agent_socket(agent))
             .args(args);
@@ -66,14 +66,14 @@ impl Clis {
     }
 
     /// `hivectl --socket <admin.sock> args…`.
-    fn ctl(&self, args: &[&str]) -> Command {
+    pub(crate) fn ctl(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.hivectl);
         cmd.arg("--socket").arg(self.hive.admin_socket()).args(args);
         cmd
     }
 
     /// Runs `cmd` to completion within [`CLI_TIMEOUT`].
-    async fn run(&self, mut cmd: Command) -> Ran {
+    pub(crate) async fn run(&self, mut cmd: Command) -> Ran {
         let what = format!("{:?}", cmd.as_std());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -111,7 +111,7 @@ impl Clis {
 }
 
 /// How one CLI run ended.
-struct Ran {
+pub(crate) struct Ran {
     what: String,
     status: ExitStatus,
     stdout: String,
@@ -121,7 +121,7 @@ struct Ran {
 
 impl Ran {
     /// Asserts exit 0 and returns stdout.
-    fn ok(self) -> String {
+    pub(crate) fn ok(self) -> String {
         assert!(
             self.status.success(),
             "{} failed ({}): stderr {:?}, stdout {:?}\ncore log:\n{}",
@@ -135,7 +135,7 @@ impl Ran {
     }
 
     /// Asserts exit 0 and parses stdout as one JSON document.
-    fn json(self) -> Value {
+    pub(crate) fn json(self) -> Value {
         let what = self.what.clone();
         let out = self.ok();
         serde_json::from_str(&out)
@@ -143,7 +143,7 @@ impl Ran {
     }
 
     /// Asserts exit 0 and parses each stdout line as JSON.
-    fn json_lines(self) -> Vec<Value> {
+    pub(crate) fn json_lines(self) -> Vec<Value> {
         let what = self.what.clone();
         self.ok()
             .lines()
@@ -155,7 +155,7 @@ impl Ran {
 
     /// Asserts the documented failure: exit code 1, nothing on stdout, one
     /// line on stderr; returns that line.
-    fn failed(self) -> String {
+    pub(crate) fn failed(self) -> String {
         assert_eq!(
             self.status.code(),
             Some(1),
@@ -252,7 +252,7 @@ fn sent_id(v: &Value) -> u64 {
 }
 
 /// The table line whose first column is `first`.
-fn row<'a>(table: &'a str, first: &str) -> &'a str {
+pub(crate) fn row<'a>(table: &'a str, first: &str) -> &'a str {
     table
         .lines()
         .find(|l| l.split_whitespace().next() == Some(first))

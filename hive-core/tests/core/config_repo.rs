@@ -3,7 +3,6 @@
 //! value; deny, conflict, forbidden and invalid proposals; spawn; revert;
 //! `kill -9` right after an approval.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hive_proto::operator::{
@@ -13,7 +12,7 @@ use hive_proto::view::{AgentSummary, Approval, ApprovalState};
 use hive_proto::AgentName;
 use serde_json::{json, Value};
 
-use crate::common::{error_code, poll_until, skip_or_fail, LineConn, TestHive};
+use crate::common::{error_code, git, poll_until, skip_or_fail, LineConn, TestHive};
 
 /// An agent that appends `$MODE` to `modes` in its state dir at each start.
 fn agent_table(name: &str, mode: &str, extra: &str) -> String {
@@ -50,25 +49,6 @@ fn modes(hive: &TestHive, agent: &str) -> Vec<String> {
     .lines()
     .map(str::to_owned)
     .collect()
-}
-
-fn meta(hive: &TestHive) -> PathBuf {
-    hive.dir.path().join("lib/meta")
-}
-
-fn git(repo: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(repo)
-        .args(args)
-        .output()
-        .expect("git");
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn pending(hive: &TestHive) -> Vec<Approval> {
@@ -176,7 +156,7 @@ async fn an_env_change_proposed_by_the_agent_is_deployed_on_approval_and_reverte
     assert!(files
         .iter()
         .any(|(p, t)| p == "agent.toml" && t.contains("fast")));
-    let log = git(&meta(&hive), &["log", "--oneline"]);
+    let log = git(&hive.meta_dir(), &["log", "--oneline"]);
     assert!(log.contains("(proposed by agent:alice)"), "{log}");
     assert!(
         log.contains(&format!("approve #{id} by operator:")),
@@ -184,7 +164,7 @@ async fn an_env_change_proposed_by_the_agent_is_deployed_on_approval_and_reverte
     );
     match Command::new("nix-instantiate")
         .arg("--parse")
-        .arg(meta(&hive).join("flake.nix"))
+        .arg(hive.meta_dir().join("flake.nix"))
         .output()
     {
         Ok(out) => assert!(
@@ -249,7 +229,7 @@ async fn forbidden_invalid_denied_and_conflicting_proposals() {
         pending(&hive).await.is_empty(),
         "an invalid proposal opened an approval"
     );
-    let branches = git(&meta(&hive), &["branch", "--list"]);
+    let branches = git(&hive.meta_dir(), &["branch", "--list"]);
     assert!(!branches.contains("proposals/"), "{branches}");
 
     // Deny: the proposer hears the reason.

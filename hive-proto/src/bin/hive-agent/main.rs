@@ -12,6 +12,8 @@
 
 mod conn;
 mod mcp;
+#[path = "../common/proposal_files.rs"]
+mod proposal_files;
 mod turn;
 
 use std::collections::{HashSet, VecDeque};
@@ -26,7 +28,8 @@ use hive_proto::agent::{Push, MAX_BODY, MAX_RECV, MAX_STATUS};
 use hive_proto::client::agent::{AgentClient, AskOptions, Pushes, RemindAt};
 use hive_proto::client::ClientError;
 use hive_proto::view::{ItemKind, Message, Principal, QuestionState};
-use hive_proto::Recipient;
+use hive_proto::{AgentName, Recipient};
+use proposal_files::FileArg;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -115,6 +118,30 @@ enum Cmd {
     Remind { seconds: u64, body: String },
     /// My open questions, pending proposals and reminders.
     LooseEnds,
+    /// Propose new config files for AGENT (myself, or an agent my policy's
+    /// can_propose_for names); nothing changes until the operator approves.
+    ProposeConfig {
+        agent: AgentName,
+        /// A file for `agents/AGENT/REL` in the config repo, with the
+        /// content of the local file LOCAL (repeat for several).
+        #[arg(long = "file", value_name = "REL=LOCAL", required = true)]
+        files: Vec<FileArg>,
+        /// The commit message: what the change is for.
+        #[arg(short, long)]
+        message: String,
+    },
+    /// Ask for a new agent NAME with these files (at least agent.toml); it
+    /// exists once the operator approves.
+    RequestSpawn {
+        name: AgentName,
+        /// A file for `agents/NAME/REL`, with the content of LOCAL (repeat
+        /// for several).
+        #[arg(long = "file", value_name = "REL=LOCAL", required = true)]
+        files: Vec<FileArg>,
+        /// The commit message: what the agent is for.
+        #[arg(short, long, default_value = "")]
+        message: String,
+    },
     /// Run the scripted demo agent until SIGTERM.
     Demo,
     /// Serve this agent's verbs as MCP tools on stdin/stdout (for an LLM CLI).
@@ -186,6 +213,9 @@ async fn run(cli: Cli) -> Result<()> {
             max,
             ack,
         } => return follow(&socket, wait_ms, max, ack).await,
+        cmd @ (Cmd::ProposeConfig { .. } | Cmd::RequestSpawn { .. }) => {
+            return propose(&socket, cmd).await
+        }
         _ => {}
     }
     let client = AgentClient::connect(&socket).await?;
@@ -222,8 +252,39 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Status { text } => done(client.status(text).await?),
         Cmd::Remind { seconds, body } => print(&client.remind(RemindAt::In(seconds), body).await?),
         Cmd::LooseEnds => print(&client.loose_ends().await?),
-        Cmd::Demo | Cmd::Mcp | Cmd::Run { .. } => unreachable!("handled above"),
+        Cmd::Demo
+        | Cmd::Mcp
+        | Cmd::Run { .. }
+        | Cmd::ProposeConfig { .. }
+        | Cmd::RequestSpawn { .. } => unreachable!("handled above"),
     }
+}
+
+/// `propose-config` and `request-spawn`: the files are read (and refused)
+/// before the socket is opened, so a bad one sends nothing.
+async fn propose(socket: &Path, cmd: Cmd) -> Result<()> {
+    let (spawn, agent, files, message) = match cmd {
+        Cmd::ProposeConfig {
+            agent,
+            files,
+            message,
+        } => (false, agent, files, message),
+        Cmd::RequestSpawn {
+            name,
+            files,
+            message,
+        } => (true, name, files, message),
+        _ => unreachable!("only the proposal commands come here"),
+    };
+    proposal_files::check_message(&message)?;
+    let files = proposal_files::read_files(&files)?;
+    let client = AgentClient::connect(socket).await?;
+    let opened = if spawn {
+        client.request_spawn(agent, files, message).await?
+    } else {
+        client.propose_config(agent, files, message).await?
+    };
+    print(&opened)
 }
 
 fn print<T: Serialize>(value: &T) -> Result<()> {

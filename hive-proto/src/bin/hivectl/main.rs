@@ -9,6 +9,8 @@
 //! This program must never hold state of its own or retry a call that may
 //! have reached the core: what it prints is what the core answered.
 
+#[path = "../common/proposal_files.rs"]
+mod proposal_files;
 mod render;
 
 use std::io::Write;
@@ -25,6 +27,7 @@ use hive_proto::operator::{
     AdminRequest, LifecycleAction, OperatorRequest, OperatorResponse, SecretValue, MAX_SECRET_BYTES,
 };
 use hive_proto::{AgentName, Principal, SecretKey};
+use proposal_files::FileArg;
 use serde::Serialize;
 
 /// Where the admin socket lives on a host set up by the NixOS module.
@@ -37,6 +40,9 @@ const AUDIT_PAGE: u32 = 500;
 /// decides it has caught up, should the stream stop short of the head the
 /// core reported (events pruned in between).
 const CATCH_UP_IDLE: Duration = Duration::from_secs(2);
+
+/// Commits `config log` shows unless told otherwise.
+const LOG_DEFAULT: u32 = 50;
 
 const CLIENT_NAME: &str = concat!("hivectl ", env!("CARGO_PKG_VERSION"));
 
@@ -111,6 +117,21 @@ enum Cmd {
         #[arg(long)]
         purge: bool,
     },
+    /// List the pending approvals (config proposals and spawn requests).
+    Approvals {
+        /// Also print each one's diff.
+        #[arg(long)]
+        diff: bool,
+    },
+    /// Approve one: merge it into main, then rebuild (or create) the agent.
+    Approve { id: u64 },
+    /// Deny one; the proposer receives REASON.
+    Deny { id: u64, reason: String },
+    /// The config repo: propose, revert, log, show, diff.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
+    },
     /// An agent's secrets, mounted at /run/secrets/KEY in its container.
     Secret {
         #[command(subcommand)]
@@ -138,6 +159,39 @@ enum SecretCmd {
     List { agent: AgentName },
     /// Remove AGENT's secret KEY.
     Rm { agent: AgentName, key: SecretKey },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Propose files for NAME as this operator (a new agent if NAME is not
+    /// in main); it becomes a pending approval like an agent's proposal.
+    Propose {
+        name: AgentName,
+        /// A file for `agents/NAME/REL`, with the content of the local file
+        /// LOCAL (repeat for several).
+        #[arg(long = "file", value_name = "REL=LOCAL", required = true)]
+        files: Vec<FileArg>,
+        /// The commit message.
+        #[arg(short, long)]
+        message: String,
+    },
+    /// Commit the revert of SHA on main and rebuild the agents it changes.
+    Revert { sha: String },
+    /// main's history, newest first; with NAME, only commits touching it.
+    Log {
+        name: Option<AgentName>,
+        /// At most this many commits.
+        #[arg(long, default_value_t = LOG_DEFAULT)]
+        limit: u32,
+    },
+    /// NAME's files at a revision (main, a sha, main~1, …).
+    Show {
+        name: AgentName,
+        #[arg(long, default_value = "main")]
+        rev: String,
+    },
+    /// The diff of NAME's files from what runs to main.
+    Diff { name: AgentName },
 }
 
 #[derive(Subcommand)]
@@ -293,10 +347,88 @@ async fn run(cli: Cli) -> Result<()> {
                 other => return unexpected(other),
             }
         }
+        Cmd::Approvals { diff } => match call(OperatorRequest::Pending).await? {
+            OperatorResponse::Approvals(list) => {
+                let table = |l: &[hive_proto::operator::Approval]| render::approvals(l, diff);
+                print(json, list.as_slice(), table)?
+            }
+            other => return unexpected(other),
+        },
+        Cmd::Approve { id } => match call(OperatorRequest::Approve { id }).await? {
+            OperatorResponse::Done => done(json, serde_json::json!({ "approved": id }), || {
+                format!("approved #{id}")
+            })?,
+            other => return unexpected(other),
+        },
+        Cmd::Deny { id, reason } => match call(OperatorRequest::Deny { id, reason }).await? {
+            OperatorResponse::Done => done(json, serde_json::json!({ "denied": id }), || {
+                format!("denied #{id}")
+            })?,
+            other => return unexpected(other),
+        },
+        Cmd::Config { action } => config(&client, json, action).await?,
         Cmd::Secret { action } => secret(&client, json, action).await?,
         Cmd::Events { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// `config propose|revert|log|show|diff`: admin verbs on the config repo.
+async fn config(
+    client: &OperatorClient<AdminRequest>,
+    json: bool,
+    action: ConfigCmd,
+) -> Result<()> {
+    let req = match action {
+        ConfigCmd::Propose {
+            name,
+            files,
+            message,
+        } => {
+            proposal_files::check_message(&message)?;
+            AdminRequest::ConfigPropose {
+                agent: name,
+                files: proposal_files::read_files(&files)?,
+                message,
+            }
+        }
+        ConfigCmd::Revert { sha } => AdminRequest::ConfigRevert { rev: sha },
+        ConfigCmd::Log { name, limit } => AdminRequest::ConfigLog { agent: name, limit },
+        ConfigCmd::Show { name, rev } => AdminRequest::ConfigShow { agent: name, rev },
+        ConfigCmd::Diff { name } => AdminRequest::ConfigDiff { agent: name },
+    };
+    match client.call(req).await? {
+        OperatorResponse::Proposed(p) => print(json, &p, |p| {
+            format!(
+                "proposed #{} on {} (commit {}); approve with `hivectl approve {}`",
+                p.approval_id, p.branch, p.commit, p.approval_id
+            )
+        }),
+        OperatorResponse::Reverted { main } => {
+            done(json, serde_json::json!({ "main": main }), || {
+                format!("reverted; main is now {main}")
+            })
+        }
+        OperatorResponse::ConfigLog(log) => print(json, log.as_slice(), render::config_log),
+        OperatorResponse::Config { sha, files } => {
+            let shown = serde_json::json!({ "sha": sha, "files": files });
+            if json {
+                out(&serde_json::to_string_pretty(&shown)?)
+            } else {
+                out(render::config_files(sha.as_deref(), &files).trim_end_matches('\n'))
+            }
+        }
+        OperatorResponse::Diff(diff) => {
+            if json {
+                out(&serde_json::json!({ "diff": diff }).to_string())
+            } else if diff.is_empty() {
+                out("no difference: it runs main")
+            } else {
+                out(render::text_block(&diff).trim_end_matches('\n'))
+            }
+        }
+        other => unexpected(other),
+    }
 }
 
 /// `secret set|list|rm`: admin verbs only, the value read from stdin.

@@ -8,6 +8,7 @@
 //! So every cell goes through [`clean`]. This module must never print.
 
 use hive_proto::event::{Event, EventRecord};
+use hive_proto::operator::{Approval, ConfigCommit};
 use hive_proto::view::{AgentDetail, AgentSummary, AuditEntry, Message, Question, Reminder};
 use hive_proto::UnixMillis;
 
@@ -247,6 +248,76 @@ pub fn audit(list: &[AuditEntry]) -> String {
     t.render()
 }
 
+/// Pending approvals as a table; with `diffs`, each one's message, conflict
+/// and diff below it. The proposer's message and diff are its own words:
+/// every line is cleaned.
+pub fn approvals(list: &[Approval], diffs: bool) -> String {
+    let mut t = Table::new(&[
+        "ID", "CREATED", "AGENT", "KIND", "PROPOSER", "CONFLICT", "MESSAGE",
+    ]);
+    for a in list {
+        t.row(vec![
+            a.id.to_string(),
+            time(a.created_at),
+            a.agent.to_string(),
+            snake(&a.kind),
+            a.proposer.to_string(),
+            dash(a.conflict.as_deref()),
+            a.message.lines().next().unwrap_or("").to_owned(),
+        ]);
+    }
+    let mut out = t.render();
+    if diffs {
+        for a in list {
+            out.push_str(&format!(
+                "\n#{} {} ({}) by {}\n",
+                a.id,
+                a.agent,
+                snake(&a.kind),
+                clean(&a.proposer.to_string())
+            ));
+            out.push_str(&text_block(&a.message));
+            if let Some(c) = &a.conflict {
+                out.push_str(&format!("conflict: {}\n", clean(c)));
+            }
+            out.push_str(&text_block(&a.diff));
+        }
+    }
+    out
+}
+
+/// `config log`: one commit per line, newest first.
+pub fn config_log(list: &[ConfigCommit]) -> String {
+    let mut t = Table::new(&["SHA", "TIME", "AUTHOR", "COMMITTER", "SUMMARY"]);
+    for c in list {
+        t.row(vec![
+            short(&c.sha),
+            time(c.time.saturating_mul(1000)),
+            c.author.clone(),
+            c.committer.clone(),
+            c.summary.clone(),
+        ]);
+    }
+    t.render()
+}
+
+/// `config show`: each file under a `==> path <==` header, as `tail` does
+/// for several files, its lines cleaned.
+pub fn config_files(sha: Option<&str>, files: &[(String, String)]) -> String {
+    let mut out = format!("revision {}\n", dash(sha));
+    for (path, text) in files {
+        out.push_str(&format!("\n==> {} <==\n", clean(path)));
+        out.push_str(&text_block(text));
+    }
+    out
+}
+
+/// Multi-line text (a diff, a file) with each line cleaned, so it keeps its
+/// lines but no control character reaches the terminal.
+pub fn text_block(text: &str) -> String {
+    text.lines().map(|l| format!("{}\n", clean(l))).collect()
+}
+
 /// One event as one line: `SEQ  TIME  WHAT`. Events stream, so they cannot
 /// be aligned as a table; the first two fields have fixed widths instead.
 pub fn event(r: &EventRecord) -> String {
@@ -376,6 +447,55 @@ mod tests {
         let mut t = Table::new(&["A", "B"]);
         t.row(vec!["x".repeat(70), "y".into()]);
         assert!(t.render().contains(&format!("{}…  y", "x".repeat(59))));
+    }
+
+    #[test]
+    fn approvals_show_conflicts_and_clean_diffs() {
+        let a = Approval {
+            id: 7,
+            agent: name("alice"),
+            kind: hive_proto::view::ApprovalKind::Config,
+            proposer: Principal::Agent(name("alice")),
+            message: "run fast\n\nbecause".into(),
+            diff: "+env = { MODE = \"fast\" }\n+\u{1b}[2J".into(),
+            created_at: 0,
+            commit: "c0ffee".into(),
+            state: hive_proto::view::ApprovalState::Pending,
+            conflict: Some("agents/alice/agent.toml".into()),
+            decided_by: None,
+            decided_at: None,
+            reason: None,
+            merged_sha: None,
+        };
+        check(
+            approvals(std::slice::from_ref(&a), true),
+            expect![[r#"
+                ID  CREATED               AGENT  KIND    PROPOSER  CONFLICT                 MESSAGE
+                7   1970-01-01 00:00:00Z  alice  config  alice     agents/alice/agent.toml  run fast
+
+                #7 alice (config) by alice
+                run fast
+
+                because
+                conflict: agents/alice/agent.toml
+                +env = { MODE = "fast" }
+                +\u{1b}[2J
+            "#]],
+        );
+        let log = ConfigCommit {
+            sha: "0123456789abcdef".into(),
+            summary: "approve #7 by operator:root (proposed by agent:alice): run fast".into(),
+            author: "operator:root".into(),
+            committer: "operator:root".into(),
+            time: 1,
+        };
+        check(
+            config_log(&[log]),
+            expect![[r#"
+                SHA           TIME                  AUTHOR         COMMITTER      SUMMARY
+                0123456789ab  1970-01-01 00:00:01Z  operator:root  operator:root  approve #7 by operator:root (proposed by agent:alice): run fast
+            "#]],
+        );
     }
 
     #[test]
