@@ -7,9 +7,11 @@
 //! daemon runs in this process; `hive-web` is a child process, and the demo
 //! agents (`hive-agent demo`, one per agent; with `--harness 'CMD ARGS'`,
 //! `hive-agent run -- /bin/sh -c 'CMD ARGS'`) run through the `process`
-//! runtime (children, the default) or, with `--runtime nspawn` (root only),
-//! each in its own `systemd-nspawn` container behind the hive's nftables
-//! table, as `hive-core run` would run them. Either way they are stopped on
+//! runtime (children) or the `nspawn` runtime (root only), each in its own
+//! `systemd-nspawn` container behind the hive's nftables table, as
+//! `hive-core run` would run them. `--runtime auto`, the default, picks
+//! nspawn as root where `systemd-nspawn` is installed and process
+//! otherwise; the start-up line says which and why. Either way they are stopped on
 //! exit (SIGTERM, then SIGKILL), containers included: a dev hive leaves
 //! nothing for a later daemon to adopt.
 //!
@@ -57,6 +59,41 @@ pub enum DevRuntime {
     Nspawn,
 }
 
+/// What `--runtime` asked for: a runtime, or `auto` (the default), which
+/// picks `nspawn` where it can run (root, `systemd-nspawn` installed) and
+/// `process` otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DevRuntimeChoice {
+    Auto,
+    Exactly(DevRuntime),
+}
+
+/// The runtime `choice` resolves to here, and why, for the start-up line.
+pub fn resolve_runtime(
+    choice: DevRuntimeChoice,
+    as_root: bool,
+    nspawn_installed: bool,
+) -> (DevRuntime, &'static str) {
+    match choice {
+        DevRuntimeChoice::Exactly(DevRuntime::Nspawn) => (DevRuntime::Nspawn, "--runtime nspawn"),
+        DevRuntimeChoice::Exactly(DevRuntime::Process) => {
+            (DevRuntime::Process, "--runtime process")
+        }
+        DevRuntimeChoice::Auto if !as_root => (
+            DevRuntime::Process,
+            "not running as root, which systemd-nspawn containers need",
+        ),
+        DevRuntimeChoice::Auto if !nspawn_installed => (
+            DevRuntime::Process,
+            "systemd-nspawn is not installed (apt-get install systemd-container)",
+        ),
+        DevRuntimeChoice::Auto => (
+            DevRuntime::Nspawn,
+            "running as root with systemd-nspawn installed",
+        ),
+    }
+}
+
 /// `hive-core dev`'s flags, parsed.
 #[derive(Clone, Debug)]
 pub struct DevOptions {
@@ -67,7 +104,7 @@ pub struct DevOptions {
     pub no_demo: bool,
     /// Do not start `hive-web`.
     pub no_web: bool,
-    pub runtime: DevRuntime,
+    pub runtime: DevRuntimeChoice,
     pub web_bin: Option<PathBuf>,
     pub agent_bin: Option<PathBuf>,
     /// `--harness 'CMD ARGS'`: agents run `hive-agent run -- /bin/sh -c
@@ -121,18 +158,20 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         return Err(DevError::NoAgents);
     }
     let as_root = peer::running_as_root();
-    if opts.runtime == DevRuntime::Nspawn {
+    let nspawn_installed = crate::runtime::nspawn::find_nspawn().is_some();
+    let (runtime, why) = resolve_runtime(opts.runtime, as_root, nspawn_installed);
+    if runtime == DevRuntime::Nspawn {
         if !as_root {
             return Err(DevError::NspawnNeedsRoot);
         }
-        if crate::runtime::nspawn::find_nspawn().is_none() {
+        if !nspawn_installed {
             return Err(DevError::NspawnMissing);
         }
     }
     // Containers isolate by themselves; only the process runtime needs
     // bubblewrap.
     let sandbox_works = opts.no_demo
-        || opts.runtime == DevRuntime::Nspawn
+        || runtime == DevRuntime::Nspawn
         || crate::runtime::process::bubblewrap_works();
     if !sandbox_works && !opts.allow_unsandboxed {
         return Err(DevError::NoIsolation);
@@ -199,7 +238,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         runtime_dir: run_dir.clone(),
         admin_group: None,
         web_user: Some(web_user.clone()),
-        runtime: match (opts.no_demo, opts.runtime) {
+        runtime: match (opts.no_demo, runtime) {
             (true, _) => RuntimeKind::Detached,
             (false, DevRuntime::Process) => RuntimeKind::Process,
             (false, DevRuntime::Nspawn) => RuntimeKind::Nspawn,
@@ -227,6 +266,18 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         ..Options::default()
     };
     let daemon = Daemon::start(config.clone(), options).await?;
+    match (opts.no_demo, runtime) {
+        (true, _) => println!("runtime: none (--no-demo starts no agent)"),
+        (false, DevRuntime::Nspawn) => {
+            println!("runtime: nspawn, one systemd-nspawn container per agent ({why})")
+        }
+        (false, DevRuntime::Process) if sandbox_works => {
+            println!("runtime: process, agents sandboxed by bubblewrap ({why})")
+        }
+        (false, DevRuntime::Process) => {
+            println!("runtime: process, agents NOT isolated (--allow-unsandboxed; {why})")
+        }
+    }
 
     let web = match web_bin {
         None => {
@@ -385,6 +436,22 @@ mod tests {
         assert_eq!(first.trim().len(), TOKEN_BYTES * 2);
         write_secret(&p, &fresh_token(), None).unwrap();
         assert_ne!(first, fs::read_to_string(&p).unwrap());
+    }
+
+    #[test]
+    fn auto_picks_nspawn_only_as_root_with_nspawn_installed_and_says_why() {
+        use DevRuntime::*;
+        let auto = DevRuntimeChoice::Auto;
+        assert_eq!(resolve_runtime(auto, true, true).0, Nspawn);
+        let (rt, why) = resolve_runtime(auto, false, true);
+        assert_eq!((rt, why.contains("root")), (Process, true));
+        let (rt, why) = resolve_runtime(auto, true, false);
+        assert_eq!((rt, why.contains("systemd-container")), (Process, true));
+        // An explicit choice is kept; dev refuses nspawn where it cannot run.
+        let explicit = DevRuntimeChoice::Exactly(Nspawn);
+        assert_eq!(resolve_runtime(explicit, false, false).0, Nspawn);
+        let explicit = DevRuntimeChoice::Exactly(Process);
+        assert_eq!(resolve_runtime(explicit, true, true).0, Process);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use hive_core::config::Config;
 use hive_core::daemon::{self, Options};
-use hive_core::dev::{self, DevOptions, DevRuntime, DEFAULT_AGENTS};
+use hive_core::dev::{self, DevOptions, DevRuntime, DevRuntimeChoice, DEFAULT_AGENTS};
 use hive_proto::AgentName;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -64,10 +64,11 @@ enum Cmd {
         /// Do not start hive-web.
         #[arg(long)]
         no_web: bool,
-        /// Where agents run: `process` (children, sandboxed with
-        /// bubblewrap) or `nspawn` (root: one systemd-nspawn container each,
-        /// behind the hive's nftables table).
-        #[arg(long, value_enum, default_value_t = RuntimeFlag::Process)]
+        /// Where agents run: `nspawn` (root: one systemd-nspawn container
+        /// each, behind the hive's nftables table), `process` (children,
+        /// sandboxed with bubblewrap), or `auto`: nspawn where it can run
+        /// (root, systemd-nspawn installed), process otherwise.
+        #[arg(long, value_enum, default_value_t = RuntimeFlag::Auto)]
         runtime: RuntimeFlag,
         /// hive-web binary (default: next to this one).
         #[arg(long)]
@@ -88,6 +89,7 @@ enum Cmd {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum RuntimeFlag {
+    Auto,
     Process,
     Nspawn,
 }
@@ -177,8 +179,9 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 no_demo,
                 no_web,
                 runtime: match runtime {
-                    RuntimeFlag::Process => DevRuntime::Process,
-                    RuntimeFlag::Nspawn => DevRuntime::Nspawn,
+                    RuntimeFlag::Auto => DevRuntimeChoice::Auto,
+                    RuntimeFlag::Process => DevRuntimeChoice::Exactly(DevRuntime::Process),
+                    RuntimeFlag::Nspawn => DevRuntimeChoice::Exactly(DevRuntime::Nspawn),
                 },
                 web_bin,
                 agent_bin,

@@ -68,8 +68,16 @@ struct Dev {
 }
 
 impl Dev {
+    /// `dev` in the machine's network namespace: always the `process`
+    /// runtime unless `extra` names one, since as root the default would be
+    /// nspawn, whose table must not land in the machine's namespace.
     fn start(extra: &[&str]) -> Self {
-        Self::spawn(Command::new(CORE_BIN), extra)
+        let mut cmd = Command::new(CORE_BIN);
+        cmd.arg("dev");
+        if !extra.contains(&"--runtime") {
+            cmd.args(["--runtime", "process"]);
+        }
+        Self::spawn(cmd, extra)
     }
 
     /// `dev` in a network namespace of its own (`unshare --net`, loopback
@@ -84,14 +92,14 @@ impl Dev {
             "-ec",
             "ip link set lo up; exec \"$0\" \"$@\"",
         ])
-        .arg(CORE_BIN);
+        .arg(CORE_BIN)
+        .arg("dev");
         Self::spawn(cmd, extra)
     }
 
     fn spawn(mut cmd: Command, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let child = cmd
-            .arg("dev")
             .arg("--state-dir")
             .arg(dir.path().join("hive"))
             .args(["--listen", "127.0.0.1:18099"])
@@ -447,9 +455,9 @@ async fn dev_with_nspawn_runs_each_demo_agent_in_its_own_container_behind_the_ta
     let (Some(agent_bin), Some(_web)) = (sibling_bin("hive-agent"), sibling_bin("hive-web")) else {
         return;
     };
+    // No --runtime: as root with systemd-nspawn installed, nspawn is the
+    // default, and the start-up line says so and why.
     let dev = Dev::start_in_own_netns(&[
-        "--runtime",
-        "nspawn",
         "--agents",
         "isdva,isdvb",
         "--agent-bin",
@@ -462,6 +470,13 @@ async fn dev_with_nspawn_runs_each_demo_agent_in_its_own_container_behind_the_ta
             r.leader_pid.is_some() && r.status.as_deref() == Some("demo: waiting for the operator")
         })
         .await;
+    let start_line = dev.output();
+    assert!(
+        start_line.contains(
+            "runtime: nspawn, one systemd-nspawn container per agent (running as root with systemd-nspawn installed)"
+        ),
+        "the start-up line does not say nspawn and why:\n{start_line}"
+    );
     let dev_pid = dev.child.id();
     let netns = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
     let mut leaders = Vec::new();

@@ -161,7 +161,10 @@ impl DevHive {
         self.log = self.dir.join(format!("core-{n}.log"));
         let log = fs::File::create(&self.log).expect("core log file");
         let mut cmd = Command::new(&bins.core);
+        // The process runtime, named: as root the default would be nspawn,
+        // whose table must not land in the machine's network namespace.
         cmd.arg("dev")
+            .args(["--runtime", "process"])
             .arg("--state-dir")
             .arg(&self.dir)
             .arg("--listen")
