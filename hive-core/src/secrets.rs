@@ -1,8 +1,9 @@
 //! Agents' secrets (API keys and the like): stored root-only under the
 //! hive's state dir, `<state_dir>/secrets/<agent>/<KEY>` (directories
 //! `0700`, files `0400`, owned by the daemon's uid), outside the config
-//! repo; set, listed and removed through `admin.sock` only
-//! (`AdminRequest::SecretSet`, `SecretList`, `SecretRemove`), and mounted
+//! repo; set and removed through `admin.sock` only
+//! (`AdminRequest::SecretSet`, `SecretRemove`), their names listed through
+//! `OperatorRequest::SecretNames` (`hivectl` and the dashboard), and mounted
 //! read-only into that agent's container alone at `/run/secrets/<KEY>`
 //! ([`SecretStore::binds`] gives a runtime the binds).
 //!
@@ -287,7 +288,8 @@ pub async fn set(
     Ok(OperatorResponse::Done)
 }
 
-/// `AdminRequest::SecretList`: names only.
+/// `OperatorRequest::SecretNames` (both sockets; the agent page lists
+/// them): names only, never a value.
 pub async fn list(hive: &Hive, agent: AgentName) -> Result<OperatorResponse, Refusal> {
     known(hive, &agent)?;
     let store = SecretStore::new(&hive.config().state_dir);

@@ -157,6 +157,11 @@ pub enum WebRequest {
         agent: AgentName,
         rev: ConfigRev,
     },
+    /// The names of the agent's secrets, never their values (the agent
+    /// page lists them; setting one stays on `admin.sock`).
+    SecretNames {
+        agent: AgentName,
+    },
     Health,
 }
 
@@ -179,6 +184,7 @@ impl WebRequest {
             Self::ListStateDir { .. } => "list_state_dir",
             Self::Journal { .. } => "journal",
             Self::AgentConfig { .. } => "agent_config",
+            Self::SecretNames { .. } => "secret_names",
             Self::Health => "health",
         }
     }
@@ -210,6 +216,7 @@ impl From<WebRequest> for OperatorRequest {
             W::ListStateDir { agent, rel_path } => Self::ListStateDir { agent, rel_path },
             W::Journal { agent, lines } => Self::Journal { agent, lines },
             W::AgentConfig { agent, rev } => Self::AgentConfig { agent, rev },
+            W::SecretNames { agent } => Self::SecretNames { agent },
             W::Health => Self::Health,
         }
     }
@@ -234,8 +241,6 @@ pub enum AdminRequest {
         key: SecretKey,
         value: SecretValue,
     },
-    /// The names of the agent's secrets (never their values).
-    SecretList { agent: AgentName },
     /// Remove the agent's secret `key`.
     SecretRemove { agent: AgentName, key: SecretKey },
     /// Audit rows with `seq > since`, oldest first, at most `limit` (the
@@ -364,6 +369,14 @@ pub enum OperatorRequest {
         agent: AgentName,
         rev: ConfigRev,
     },
+    /// The names of the agent's secrets, sorted, never their values.
+    SecretNames {
+        agent: AgentName,
+    },
+    Health,
+    // The web verbs above, in `WebRequest`'s order; the ones only
+    // `admin.sock` serves below, so no admin-only verb has a web verb's
+    // postcard index (`a_web_frame_is_not_an_admin_frame`).
     ApprovalDiff {
         id: u64,
     },
@@ -372,7 +385,6 @@ pub enum OperatorRequest {
         since: u64,
         limit: u32,
     },
-    Health,
 }
 
 impl OperatorRequest {
@@ -393,9 +405,10 @@ impl OperatorRequest {
             Self::ListStateDir { .. } => "list_state_dir",
             Self::Journal { .. } => "journal",
             Self::AgentConfig { .. } => "agent_config",
+            Self::SecretNames { .. } => "secret_names",
+            Self::Health => "health",
             Self::ApprovalDiff { .. } => "approval_diff",
             Self::Audit { .. } => "audit",
-            Self::Health => "health",
         }
     }
 }
@@ -572,6 +585,24 @@ mod tests {
         for admin in variant_names::<AdminRequest>() {
             assert!(!web.contains(admin), "{admin} is on web.sock");
         }
+        // Postcard names a variant by its index, so the frame below is
+        // refused for its verb only if no web verb has the audit verb's
+        // index: the web verbs come first in `OperatorRequest`, in the same
+        // order, and the admin-only ones after them. A web verb added after
+        // `ApprovalDiff` would give `Audit`'s index a web meaning (decoded
+        // as that verb's fields) and this test would no longer be about the
+        // verb.
+        let operator = variant_names::<OperatorRequest>();
+        assert_eq!(
+            &operator[..web.len()],
+            web,
+            "web verbs must lead OperatorRequest in WebRequest's order"
+        );
+        let audit_index = operator.iter().position(|v| *v == "Audit").unwrap();
+        assert!(
+            audit_index >= web.len(),
+            "Audit shares an index with a web verb"
+        );
         // ...and the audit verb, framed exactly where a web call's request
         // goes, with every byte its arguments need and more to spare, is
         // refused because web.sock has no such verb — not because the frame

@@ -24,6 +24,7 @@ use hive_proto::operator::{
     HelloReply, LifecycleAction, NetworkIsolation, OperatorRequest, OperatorResponse, RpcError,
     SecretValue, ServerFrame, Version, WebCall, WebRequest,
 };
+use hive_proto::variants::variant_names;
 use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, AuditEntry, ErrorCode, ItemKind,
     Message, Question, QuestionState, Reminder, RunState, UidRange,
@@ -393,6 +394,7 @@ fn operator_request() -> impl Strategy<Value = OperatorRequest> {
             prop_oneof![Just(ConfigRev::Deployed), Just(ConfigRev::Main)]
         )
             .prop_map(|(agent, rev)| R::AgentConfig { agent, rev }),
+        name().prop_map(|agent| R::SecretNames { agent }),
         any::<u64>().prop_map(|id| R::ApprovalDiff { id }),
         (any::<u64>(), any::<u32>()).prop_map(|(since, limit)| R::Audit { since, limit }),
         Just(R::Health),
@@ -414,7 +416,6 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
                 key,
                 value: SecretValue(value)
             }),
-        name().prop_map(|agent| AdminRequest::SecretList { agent }),
         (name(), secret_key()).prop_map(|(agent, key)| AdminRequest::SecretRemove { agent, key }),
         (any::<u64>(), any::<u32>())
             .prop_map(|(since, limit)| AdminRequest::AuditExport { since, limit }),
@@ -725,7 +726,6 @@ fn admin_kind(r: &AdminRequest) -> &'static str {
         AdminRequest::AuditVerify => "audit_verify",
         AdminRequest::Purge { .. } => "purge",
         AdminRequest::SecretSet { .. } => "secret_set",
-        AdminRequest::SecretList { .. } => "secret_list",
         AdminRequest::SecretRemove { .. } => "secret_remove",
         AdminRequest::AuditExport { .. } => "audit_export",
         AdminRequest::ConfigPropose { .. } => "config_propose",
@@ -823,9 +823,19 @@ fn kinds<T: std::fmt::Debug>(
 
 #[test]
 fn strategies_cover_every_variant() {
-    assert_eq!(kinds(operator_request(), request_kind).len(), 17);
-    assert_eq!(kinds(admin_request(), admin_kind).len(), 12);
-    assert_eq!(kinds(operator_response(), response_kind).len(), 19);
+    let count = |names: Option<&[&str]>| names.expect("an enum").len();
+    assert_eq!(
+        kinds(operator_request(), request_kind).len(),
+        count(variant_names::<OperatorRequest>())
+    );
+    assert_eq!(
+        kinds(admin_request(), admin_kind).len(),
+        count(variant_names::<AdminRequest>())
+    );
+    assert_eq!(
+        kinds(operator_response(), response_kind).len(),
+        count(variant_names::<OperatorResponse>())
+    );
     assert_eq!(kinds(server_frame(), server_kind).len(), 6);
     assert_eq!(kinds(event(), event_kind).len(), 15);
     // Every op the core serves is generated, and nothing else.

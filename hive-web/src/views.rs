@@ -145,6 +145,9 @@ pub struct AgentPage<'a> {
     pub messages: Section<Vec<MessageView>>,
     pub files: Section<Vec<EntryView>>,
     pub journal: Section<Vec<String>>,
+    /// The names of the agent's secrets (the core never sends a value to
+    /// the gateway), sorted.
+    pub secrets: Section<Vec<String>>,
     /// The config at the deployed revision, then at `main`.
     pub configs: [ConfigSide; 2],
     /// The core says this agent's files at `main` differ from what runs:

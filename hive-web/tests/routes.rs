@@ -306,6 +306,74 @@ async fn an_agent_page_shows_status_controls_loose_ends_messages_files_journal_a
 }
 
 #[tokio::test]
+async fn an_agent_page_lists_the_names_of_its_own_secrets_only() {
+    let app = TestApp::new();
+    {
+        let mut st = app.core.state.lock().unwrap();
+        let secret = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect()
+        };
+        st.secrets.insert(
+            "alice".into(),
+            secret(&[
+                ("anthropic", "sk-alice-VALUE-1"),
+                ("gh_token", "ghp-alice-VALUE-2"),
+            ]),
+        );
+        st.secrets
+            .insert("bob".into(), secret(&[("bobs-key", "sk-bob-VALUE-3")]));
+    }
+    let b = app.login().await;
+    let r = app.get(&b, "/agent/alice/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let section = r
+        .body
+        .split("<section id=\"secrets\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</section>").next())
+        .unwrap_or_else(|| panic!("no secrets section in\n{}", r.body));
+    assert!(section.contains("<h2>Secrets</h2>"), "{section}");
+    assert!(
+        section.contains("<li><code>anthropic</code></li>"),
+        "{section}"
+    );
+    assert!(
+        section.contains("<li><code>gh_token</code></li>"),
+        "{section}"
+    );
+    // Another agent's names are not on this page, and no value is anywhere.
+    assert!(!r.body.contains("bobs-key"), "{}", r.body);
+    assert!(!r.body.contains("VALUE"), "{}", r.body);
+    // The page asked for alice's names, and for no one else's.
+    let asked: Vec<_> = app
+        .core
+        .calls()
+        .into_iter()
+        .filter_map(|c| match c.req {
+            Req::SecretNames { agent } => Some(agent),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked, vec![name("alice")]);
+
+    // An agent with none says so and how to set one.
+    let r = app.get(&b, "/agent/carol/").await;
+    assert!(r.body.contains("No secrets."), "{}", r.body);
+    assert!(
+        r.body.contains("hivectl secret set carol KEY"),
+        "{}",
+        r.body
+    );
+    assert!(!r.body.contains("anthropic"), "{}", r.body);
+
+    // Reading the page changed nothing.
+    assert!(app.core.mutations().is_empty());
+}
+
+#[tokio::test]
 async fn an_agent_page_shows_the_config_at_both_revisions_escaped_with_needs_update() {
     use hive_proto::operator::ConfigRev;
     let app = TestApp::new();

@@ -150,6 +150,7 @@ impl Hive {
                     .await?;
                 Ok(OperatorResponse::Audit(rows))
             }
+            OperatorRequest::SecretNames { agent } => crate::secrets::list(self, agent).await,
             OperatorRequest::Health => {
                 let last_event_seq = self.store().read(|r| r.last_event_seq()).await?;
                 let agents = self.config().agents.len() as u32;

@@ -106,7 +106,6 @@ impl Endpoint for AdminEndpoint {
             AdminRequest::SecretSet { agent, key, value } => {
                 secrets::set(&hive, &caller, agent, key, value).await
             }
-            AdminRequest::SecretList { agent } => secrets::list(&hive, agent).await,
             AdminRequest::SecretRemove { agent, key } => {
                 secrets::remove(&hive, &caller, agent, key).await
             }

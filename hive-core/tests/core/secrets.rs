@@ -13,7 +13,13 @@ use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
-use crate::common::{poll_until, sibling_bin, LineConn, TestHive, REPLY_TIMEOUT};
+use hive_proto::client::operator::OperatorClient;
+use hive_proto::operator::{OperatorResponse, WebCall, WebRequest};
+use hive_proto::{AgentName, SecretKey};
+
+use crate::common::{
+    is_root, poll_until, sibling_bin, skip_or_fail, LineConn, TestHive, REPLY_TIMEOUT,
+};
 
 fn fresh_value() -> String {
     format!(
@@ -135,6 +141,28 @@ async fn hivectl_secret_set_list_rm_keep_the_value_in_its_one_root_only_file() {
     let (ok, out, _) = hivectl(&hive, &["secret", "list", "bob"], b"").await;
     assert!(ok);
     assert_eq!(out.trim(), "");
+    // The gateway may ask for the names too (the agent page lists them),
+    // one agent at a time; the answer holds no value.
+    if is_root() {
+        let web = OperatorClient::<WebCall>::connect(hive.web_socket())
+            .await
+            .unwrap();
+        for (agent, want) in [("alice", vec!["anthropic"]), ("bob", vec![])] {
+            let got = web
+                .call(WebCall {
+                    operator: "ops".into(),
+                    req: WebRequest::SecretNames {
+                        agent: AgentName::new(agent).unwrap(),
+                    },
+                })
+                .await
+                .unwrap();
+            let want = want.iter().map(|k| SecretKey::new(k).unwrap()).collect();
+            assert_eq!(got, OperatorResponse::Secrets(want), "{agent}");
+        }
+    } else {
+        skip_or_fail("web.sock admits only root and the gateway user");
+    }
 
     // The audit log names the key and who, never the value.
     let (ok, audit, _) = hivectl(&hive, &["--json", "audit"], b"").await;

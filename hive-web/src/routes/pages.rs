@@ -110,7 +110,7 @@ pub async fn agent(
     let name = parse_agent(&name)?;
     let since = state.hub.last_seq();
     let op = id.operator.as_str();
-    let (detail, pending, inbox, to_operator, files, journal, deployed, main) = tokio::join!(
+    let (detail, pending, inbox, to_operator, files, journal, secrets, deployed, main) = tokio::join!(
         state.call(op, Req::AgentDetail { name: name.clone() }),
         state.read(op, Req::Pending),
         state.call(
@@ -141,6 +141,12 @@ pub async fn agent(
             Req::Journal {
                 agent: name.clone(),
                 lines: JOURNAL_LINES,
+            }
+        ),
+        state.call(
+            op,
+            Req::SecretNames {
+                agent: name.clone()
             }
         ),
         state.call(
@@ -177,6 +183,7 @@ pub async fn agent(
     let to_operator = expect_response!(to_operator, Resp::Messages);
     let files = expect_response!(files, Resp::Dir);
     let journal = expect_response!(journal, Resp::Journal);
+    let secrets = expect_response!(secrets, Resp::Secrets);
     let config = |r: Result<Resp, CoreError>| -> Section<ConfigAt> {
         match r {
             Ok(Resp::Config { sha, files }) => Ok((sha, files)),
@@ -229,6 +236,9 @@ pub async fn agent(
             .map(|v| v.iter().map(|e| EntryView::new(&name, "", e)).collect())
             .map_err(|e| section_error(&e)),
         journal: journal.map_err(|e| section_error(&e)),
+        secrets: secrets
+            .map(|keys| keys.iter().map(|k| k.to_string()).collect())
+            .map_err(|e| section_error(&e)),
         configs: ConfigView::pair(config(deployed), config(main)),
         needs_update: detail.as_ref().is_ok_and(|d| d.summary.needs_update),
     };

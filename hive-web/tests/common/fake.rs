@@ -17,7 +17,7 @@ use hive_proto::view::{
     AgentDetail, AgentSummary, ApprovalKind, ApprovalState, ErrorCode, ItemKind, Message, Question,
     QuestionState, RunState,
 };
-use hive_proto::{AgentName, Principal};
+use hive_proto::{AgentName, Principal, SecretKey};
 use hive_web::core_link::{CallFuture, CoreError, CoreLink};
 use hive_web::views::ConfigAt;
 
@@ -41,6 +41,9 @@ pub struct FakeState {
     /// Approvals whose approve conflicts with `main`, with the core's
     /// sentence: approving one records it and leaves it pending.
     pub conflicts_on_approve: BTreeMap<u64, String>,
+    /// `agent` → `key` → value, as the core's secret store holds them:
+    /// `SecretNames` answers one agent's keys, sorted, and never a value.
+    pub secrets: BTreeMap<String, BTreeMap<String, Vec<u8>>>,
 }
 
 /// The fake core.
@@ -159,6 +162,7 @@ impl FakeCore {
             network: NetworkIsolation::Enforced { repairs: 0 },
             configs: Vec::new(),
             conflicts_on_approve: BTreeMap::new(),
+            secrets: BTreeMap::new(),
         };
         Self {
             state: Mutex::new(state),
@@ -355,6 +359,15 @@ impl FakeCore {
                     .map(|(_, _, at)| at.clone())
                     .unwrap_or_default();
                 Ok(Resp::Config { sha, files })
+            }
+            Req::SecretNames { agent } => {
+                known(&st, &agent)?;
+                let keys = st
+                    .secrets
+                    .get(agent.as_str())
+                    .map(|m| m.keys().map(|k| SecretKey::new(k).unwrap()).collect())
+                    .unwrap_or_default();
+                Ok(Resp::Secrets(keys))
             }
             Req::Health => Ok(Resp::Health(Health {
                 version: "fake".into(),

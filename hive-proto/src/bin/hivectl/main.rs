@@ -454,7 +454,12 @@ async fn secret(
                 other => unexpected(other),
             }
         }
-        SecretCmd::List { agent } => match client.call(AdminRequest::SecretList { agent }).await? {
+        SecretCmd::List { agent } => match client
+            .call(AdminRequest::Operator(OperatorRequest::SecretNames {
+                agent,
+            }))
+            .await?
+        {
             OperatorResponse::Secrets(keys) => print(json, keys.as_slice(), |keys| {
                 keys.iter().map(|k| format!("{k}\n")).collect()
             }),
