@@ -20,137 +20,22 @@ mod common;
 const NEEDS_ROOT: &str =
     "needs root: the dev hive's hive-web must start as root to drop its capability bounding set";
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::Client;
 use hive_proto::client::agent::AgentClient;
-use hyper_util::client::legacy::connect::HttpConnector;
-use serde_json::json;
 
-use common::dev::{artifacts_dir, free_port, DevHive, DevOpts};
-
-/// Chromium's flags: headless, no sandbox (we run as root in CI), and
-/// nothing that reaches the network on its own.
-const CHROME_ARGS: &[&str] = &[
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,1100",
-];
-
-/// How long any one thing may take to show up in the page.
-const SHOW_UP: Duration = Duration::from_secs(30);
-
-/// chromedriver on a free loopback port, killed on drop.
-struct Driver {
-    child: Child,
-    port: u16,
-}
-
-impl Driver {
-    fn start() -> Self {
-        let port = free_port();
-        let child = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        Self { child, port }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn connect(driver: &Driver, profile: &std::path::Path) -> Client {
-    let mut args: Vec<String> = CHROME_ARGS.iter().map(|s| s.to_string()).collect();
-    args.push(format!("--user-data-dir={}", profile.display()));
-    let mut caps = serde_json::Map::new();
-    caps.insert("goog:chromeOptions".into(), json!({ "args": args }));
-    let url = format!("http://127.0.0.1:{}", driver.port);
-    let client = common::poll(Duration::from_secs(30), Duration::from_millis(100), || {
-        let (caps, url) = (caps.clone(), url.clone());
-        async move {
-            ClientBuilder::new(HttpConnector::new())
-                .capabilities(caps)
-                .connect(&url)
-                .await
-                .ok()
-        }
-    })
-    .await;
-    client.expect("a WebDriver session with headless Chromium")
-}
-
-/// The text of the first element matching `css`, or "" if none.
-async fn text_of(c: &Client, css: &str) -> String {
-    match c.find(Locator::Css(css)).await {
-        Ok(e) => e.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// Waits until the first element matching `css` has text containing
-/// `needle`, without reloading the page.
-async fn wait_text(c: &Client, css: &str, needle: &str) -> String {
-    let found = common::poll(SHOW_UP, Duration::from_millis(100), || async move {
-        let t = text_of(c, css).await;
-        t.contains(needle).then_some(t)
-    })
-    .await;
-    match found {
-        Some(t) => t,
-        None => panic!(
-            "{css} never showed {needle:?}; it shows {:?}",
-            text_of(c, css).await
-        ),
-    }
-}
-
-async fn screenshot(c: &Client, name: &str) {
-    let png = c.screenshot().await.expect("a screenshot");
-    let path = artifacts_dir().join(name);
-    std::fs::write(&path, png).unwrap();
-    println!("screenshot: {}", path.display());
-}
-
-/// Marks the current document; the mark survives only if the page is never
-/// reloaded or replaced.
-async fn mark(c: &Client) {
-    c.execute("window.__hiveMark = 'kept'; return true;", vec![])
-        .await
-        .unwrap();
-}
-
-async fn still_marked(c: &Client) -> bool {
-    c.execute("return window.__hiveMark === 'kept';", vec![])
-        .await
-        .unwrap()
-        .as_bool()
-        .unwrap_or(false)
-}
+use common::browser::{
+    click, connect, fill, login, mark, screenshot, still_marked, wait_text, Driver,
+};
+use common::dev::{DevHive, DevOpts};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_operator_logs_in_answers_inline_messages_and_sees_live_status_in_chromium() {
     if !common::skip_unless(common::is_root(), NEEDS_ROOT) {
         return;
     }
-    let tools = common::have_tool("chromium") && common::have_tool("chromedriver");
-    if !common::skip_unless(tools, "needs chromium and chromedriver on PATH") {
+    if !common::browser::available() {
         return;
     }
     let hive = DevHive::start(DevOpts::default());
@@ -172,27 +57,7 @@ async fn the_operator_logs_in_answers_inline_messages_and_sees_live_status_in_ch
 
 async fn run(c: &Client, hive: &DevHive, base: &str) -> Result<(), String> {
     // Log in with the dev token.
-    c.goto(&format!("{base}/"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let url = c.current_url().await.map_err(|e| e.to_string())?;
-    assert_eq!(
-        url.path(),
-        "/login",
-        "no session sends the browser to /login"
-    );
-    c.find(Locator::Css("input#token"))
-        .await
-        .map_err(|e| e.to_string())?
-        .send_keys(&hive.token())
-        .await
-        .map_err(|e| e.to_string())?;
-    c.find(Locator::Css("form[action='/login'] button"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    login(c, base, &hive.token()).await?;
 
     // The three demo agents, each with the status it set.
     for agent in ["alice", "bob", "carol"] {
@@ -207,20 +72,8 @@ async fn run(c: &Client, hive: &DevHive, base: &str) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     wait_text(c, "#loose-ends", "Ship the demo build?").await;
-    c.find(Locator::Css("#loose-ends form.answer input[value='yes']"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
-    c.find(Locator::Css(
-        "#loose-ends form.answer button[type='submit']",
-    ))
-    .await
-    .map_err(|e| e.to_string())?
-    .click()
-    .await
-    .map_err(|e| e.to_string())?;
+    click(c, "#loose-ends form.answer input[value='yes']").await?;
+    click(c, "#loose-ends form.answer button[type='submit']").await?;
     wait_text(c, ".flash.ok", "answered").await;
     let url = c.current_url().await.map_err(|e| e.to_string())?;
     assert_eq!(
@@ -251,18 +104,13 @@ async fn run(c: &Client, hive: &DevHive, base: &str) -> Result<(), String> {
     c.goto(&format!("{base}/agent/bob/"))
         .await
         .map_err(|e| e.to_string())?;
-    c.find(Locator::Css("form.message textarea[name='body']"))
-        .await
-        .map_err(|e| e.to_string())?
-        .send_keys("hello bob, from the e2e test")
-        .await
-        .map_err(|e| e.to_string())?;
-    c.find(Locator::Css("form.message button[type='submit']"))
-        .await
-        .map_err(|e| e.to_string())?
-        .click()
-        .await
-        .map_err(|e| e.to_string())?;
+    fill(
+        c,
+        "form.message textarea[name='body']",
+        "hello bob, from the e2e test",
+    )
+    .await?;
+    click(c, "form.message button[type='submit']").await?;
     wait_text(c, ".flash.ok", "sent to bob").await;
     mark(c).await;
     wait_text(c, "[data-status-of='bob']", "hello bob, from the e2e test").await;

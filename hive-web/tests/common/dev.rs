@@ -121,6 +121,9 @@ pub struct DevOpts {
     pub allow_unsandboxed: bool,
     /// `PATH` for the core (and so for the bubblewrap it looks for).
     pub path: Option<String>,
+    /// `--harness 'CMD ARGS'`: agents run `hive-agent run` turns of this
+    /// shell command instead of the scripted demo.
+    pub harness: Option<String>,
 }
 
 /// A running `hive-core dev`, stopped (SIGTERM, then SIGKILL) on drop.
@@ -184,6 +187,9 @@ impl DevHive {
         }
         if self.opts.allow_unsandboxed {
             cmd.arg("--allow-unsandboxed");
+        }
+        if let Some(script) = &self.opts.harness {
+            cmd.arg("--harness").arg(script);
         }
         if let Some(path) = &self.opts.path {
             cmd.env("PATH", path);

@@ -5,6 +5,8 @@
 //! - [`oneshot`]: builds the app around the fake and sends requests to it.
 //! - [`dev`]: starts the real `hive-core dev` (and with it the real
 //!   `hive-web`) for the integration, browser and fault tests.
+//! - [`browser`]: chromedriver and headless Chromium, and the page helpers
+//!   the browser tests share.
 //! - [`http`]: a minimal HTTP/1 client for talking to that real gateway.
 //! - [`notify`]: a `NOTIFY_SOCKET` of the test's own that holds the
 //!   daemon inside its `READY=1` send (hive-core's helper, included by path).
@@ -12,6 +14,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod dev;
 pub mod fake;
 pub mod http;
