@@ -23,9 +23,12 @@ pub struct Hub {
     mailboxes: Mutex<HashMap<Principal, broadcast::Sender<Arc<Message>>>>,
     events: broadcast::Sender<EventRecord>,
     connections: Mutex<HashMap<AgentName, u32>>,
-    /// When each agent last opened a connection or sent a line (Unix ms):
-    /// the supervisor's idle clock and the status row's last activity.
+    /// When each agent last opened a connection or sent a line other than
+    /// `recv` (Unix ms): the supervisor's idle clock.
     activity: Mutex<HashMap<AgentName, i64>>,
+    /// When each agent last sent a request line of any kind, `recv`
+    /// included (Unix ms): the status row's `last_activity_at`.
+    requests: Mutex<HashMap<AgentName, i64>>,
 }
 
 impl Default for Hub {
@@ -41,6 +44,7 @@ impl Hub {
             events: broadcast::channel(EVENT_CHANNEL).0,
             connections: Mutex::new(HashMap::new()),
             activity: Mutex::new(HashMap::new()),
+            requests: Mutex::new(HashMap::new()),
         }
     }
 
@@ -93,6 +97,26 @@ impl Hub {
     /// daemon started.
     pub fn last_activity(&self, agent: &AgentName) -> Option<i64> {
         let map = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(agent).copied()
+    }
+
+    /// Records a request line (any verb, `recv` included) on `agent`'s
+    /// socket now.
+    pub fn note_request(&self, agent: &AgentName) {
+        let now = crate::now_ms();
+        let mut map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get_mut(agent) {
+            Some(at) => *at = now,
+            None => {
+                map.insert(agent.clone(), now);
+            }
+        }
+    }
+
+    /// When `agent` last sent a request line (Unix ms), if ever since the
+    /// daemon started.
+    pub fn last_request(&self, agent: &AgentName) -> Option<i64> {
+        let map = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         map.get(agent).copied()
     }
 

@@ -277,7 +277,8 @@ pub struct AgentSummary {
     /// supervision does about it (`restarting in 200 ms (restart 1 of 5 in
     /// 600 s)`, or why it stays down); set on `crashed` rows.
     pub crash_reason: Option<String>,
-    /// The last traffic on its socket, if any since the daemon started.
+    /// When it last sent a request line on its socket (any verb, `recv`
+    /// included), if it has since the daemon started.
     pub last_activity_at: Option<UnixMillis>,
 }
 

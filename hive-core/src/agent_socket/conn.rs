@@ -412,7 +412,9 @@ impl State {
     async fn line(&mut self, line: &[u8]) -> Result<(), Gone> {
         // Every line but `recv` is traffic and restarts the idle clock
         // (the supervisor's): waiting for mail is not work, so an agent
-        // parked in `recv` can still be stopped as idle.
+        // parked in `recv` can still be stopped as idle. Every line, `recv`
+        // included, is the status row's last activity.
+        self.hive.hub().note_request(&self.agent);
         match agent::parse_request(line) {
             Err((id, err)) => {
                 self.hive.hub().touch(&self.agent);

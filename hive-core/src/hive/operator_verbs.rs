@@ -293,7 +293,7 @@ impl Hive {
                         Some(note) => format!("{c}; {note}"),
                         None => c.to_string(),
                     }),
-                    last_activity_at: None,
+                    last_activity_at: self.hub().last_request(&row.name),
                     name: row.name,
                 }
             })

@@ -367,6 +367,55 @@ async fn hive_agent_status_shows_in_hivectl_status_and_agents_as_text_and_json()
     assert!(row(&table, "alice").contains("two\\nlines"), "{table}");
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_activity_is_the_last_request_on_the_agents_socket_recv_included() {
+    let Some(c) = Clis::start(&["alice", "bob"]) else {
+        return;
+    };
+    let activity = |list: &Value, name: &str| {
+        list.as_array()
+            .expect("array")
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {list}"))["last_activity_at"]
+            .clone()
+    };
+    let list = c.run(c.ctl(&["--json", "agents"])).await.json();
+    assert!(activity(&list, "alice").is_null(), "{list}");
+
+    // A bare `recv` (no traffic for the idle clock) is still activity.
+    let before = now_ms();
+    assert_eq!(c.run(c.agent_env("alice", &["recv"])).await.ok(), "");
+    let after = now_ms();
+    let list = c.run(c.ctl(&["--json", "agents"])).await.json();
+    let at = activity(&list, "alice")
+        .as_i64()
+        .unwrap_or_else(|| panic!("alice's recv left no last_activity_at: {list}"));
+    assert!(
+        (before..=after).contains(&at),
+        "{before} <= {at} <= {after}"
+    );
+    assert!(activity(&list, "bob").is_null(), "bob sent nothing: {list}");
+
+    // A later request moves it on; `hivectl status` shows it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    c.run(c.agent("alice", &["status", "busy"])).await.ok();
+    let detail = c.run(c.ctl(&["status", "alice", "--json"])).await.json();
+    let later = detail["summary"]["last_activity_at"].as_i64().unwrap();
+    assert!(later > at, "{later} after {at}: {detail}");
+    let text = c.run(c.ctl(&["status", "alice"])).await.ok();
+    assert!(!row(&text, "last").ends_with('-'), "{text}");
+    let text = c.run(c.ctl(&["status", "bob"])).await.ok();
+    assert!(row(&text, "last").ends_with('-'), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hive_agent_and_hivectl_carry_a_question_to_the_operator_and_back() {
     let Some(c) = Clis::start(&["alice", "bob"]) else {

@@ -162,6 +162,7 @@ pub fn detail(d: &AgentDetail) -> String {
     kv.row(vec!["connections".into(), s.connections.to_string()]);
     kv.row(vec!["status".into(), dash(s.status.as_deref())]);
     kv.row(vec!["status at".into(), opt_time(s.status_at)]);
+    kv.row(vec!["last activity".into(), opt_time(s.last_activity_at)]);
     kv.row(vec!["unread".into(), s.unread.to_string()]);
     kv.row(vec!["open questions".into(), s.open_questions.to_string()]);
     kv.row(vec!["deployed".into(), dash(s.deployed_sha.as_deref())]);
