@@ -713,3 +713,109 @@ impl RuntimeControl for Supervisor {
         view
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The supervisor over a stand-in runtime (a mock, so only here): what
+    //! the real runtimes cannot show on demand, like a slow start.
+
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+    use crate::config::{Config, RawConfig};
+    use crate::runtime::ExitFeed;
+
+    /// One agent whose start takes `start_takes`, as a container that is
+    /// slow to come up; records when its start returned and when it was
+    /// stopped.
+    struct SlowRuntime {
+        agent: AgentName,
+        start_takes: Duration,
+        state: Mutex<RunState>,
+        up_at: Mutex<Option<Instant>>,
+        stopped_at: Mutex<Option<Instant>>,
+        stops: AtomicU32,
+        exits: ExitFeed,
+    }
+
+    impl Runtime for SlowRuntime {
+        fn name(&self) -> &'static str {
+            "slow"
+        }
+
+        fn start<'a>(&'a self, _: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            Box::pin(async move {
+                *self.state.lock().unwrap() = RunState::Starting;
+                tokio::time::sleep(self.start_takes).await;
+                *self.state.lock().unwrap() = RunState::Running;
+                *self.up_at.lock().unwrap() = Some(Instant::now());
+                Ok(())
+            })
+        }
+
+        fn stop<'a>(&'a self, _: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            Box::pin(async move {
+                *self.state.lock().unwrap() = RunState::Stopped;
+                *self.stopped_at.lock().unwrap() = Some(Instant::now());
+                self.stops.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+
+        fn exits(&self) -> tokio::sync::broadcast::Receiver<RuntimeExit> {
+            self.exits.subscribe()
+        }
+
+        fn state(&self, _: &AgentName) -> RunState {
+            *self.state.lock().unwrap()
+        }
+
+        fn autostart(&self) -> Vec<AgentName> {
+            vec![self.agent.clone()]
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_idle_clock_starts_when_a_slow_start_has_returned_not_when_it_was_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: RawConfig = toml::from_str(&format!(
+            "state_dir = {:?}\nruntime_dir = {:?}\n[agents.slow]\nidle_timeout = 1\n",
+            dir.path(),
+            dir.path()
+        ))
+        .unwrap();
+        let hive = Hive::open(Config::from_raw(raw).unwrap()).await.unwrap();
+        let agent = AgentName::new("slow").unwrap();
+        let rt = Arc::new(SlowRuntime {
+            agent: agent.clone(),
+            // Longer than idle_timeout: a clock started when the start was
+            // asked for has run out by the time the agent is up.
+            start_takes: Duration::from_millis(1500),
+            state: Mutex::new(RunState::Stopped),
+            up_at: Mutex::new(None),
+            stopped_at: Mutex::new(None),
+            stops: AtomicU32::new(0),
+            exits: ExitFeed::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let sup = Supervisor::new(hive, rt.clone(), shutdown.clone(), TaskTracker::new());
+        sup.reconcile().await;
+        let end = Instant::now() + Duration::from_secs(30);
+        while rt.stops.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < end, "never stopped as idle");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(sup.run_state(&agent), RunState::Idle);
+        // A lower bound the supervisor must keep, not a speed: it had its
+        // whole idle_timeout once it was up.
+        let up = rt.up_at.lock().unwrap().expect("started");
+        let stopped = rt.stopped_at.lock().unwrap().expect("stopped");
+        assert!(
+            stopped.duration_since(up) >= Duration::from_millis(990),
+            "stopped {:?} after it was up, before its idle_timeout (1 s)",
+            stopped.duration_since(up)
+        );
+        assert_eq!(rt.stops.load(Ordering::SeqCst), 1);
+        shutdown.cancel();
+    }
+}
