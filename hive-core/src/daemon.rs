@@ -202,12 +202,13 @@ impl Daemon {
             let isolation = isolation.clone();
             let stop = shutdown.clone();
             let rt = Arc::clone(&runtime);
-            let agents: Vec<_> = config.agents.keys().cloned().collect();
+            let iso = isolation.clone();
             tracker.spawn(async move {
                 isolation
                     .run_reconcile(stop, |reason| {
                         let rt = Arc::clone(&rt);
-                        let agents = agents.clone();
+                        // The agents now, including those added at run time.
+                        let agents = iso.agent_names();
                         async move { stop_every_agent(rt.as_ref(), &agents, &reason).await }
                     })
                     .await
@@ -282,9 +283,25 @@ impl Daemon {
         };
         tokio::join!(self.runtime.shutdown(), drained);
         if let Some(isolation) = &self.isolation {
-            // The containers are gone; so goes the table guarding them.
-            if let Err(e) = isolation.remove().await {
-                tracing::warn!(error = %e, "could not remove the hive's nftables table");
+            let still: Vec<AgentName> = isolation
+                .agent_names()
+                .into_iter()
+                .filter(|a| container_may_run(self.runtime.state(a)))
+                .collect();
+            if still.is_empty() {
+                // The containers are gone; so goes the table guarding them.
+                if let Err(e) = isolation.remove().await {
+                    tracing::warn!(error = %e, "could not remove the hive's nftables table");
+                }
+            } else {
+                // They run on for the next daemon to adopt: the table stays
+                // to guard them, and that daemon replaces it atomically.
+                isolation.leave_in_place().await;
+                tracing::info!(
+                    table = crate::isolation::TABLE,
+                    agents = ?still,
+                    "leaving the hive's nftables table for the containers still running"
+                );
             }
         }
         self.hive.shutdown().await;
@@ -408,6 +425,12 @@ async fn start_isolation(
     }
     hive.set_isolation(isolation.clone());
     Ok(isolation)
+}
+
+/// Whether a container may still run in `state` (anything but known gone).
+fn container_may_run(state: hive_proto::view::RunState) -> bool {
+    use hive_proto::view::RunState as S;
+    !matches!(state, S::Stopped | S::Crashed | S::Idle)
 }
 
 /// Fail closed: the table is lost, so every container goes.

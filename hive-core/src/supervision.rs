@@ -216,6 +216,15 @@ impl Supervisor {
         policy: &AgentPolicy,
     ) -> Result<(), RuntimeError> {
         let _op = self.op_lock(agent).await;
+        if let Some(iso) = self.inner.hive.isolation() {
+            // Its rules are in the table before its container can start.
+            iso.set_agent(agent, policy)
+                .await
+                .map_err(|source| RuntimeError::Isolation {
+                    agent: agent.clone(),
+                    source,
+                })?;
+        }
         self.inner.runtime.set_agent(agent, spec).await?;
         let new = {
             let mut watches = self.lock();
@@ -249,6 +258,14 @@ impl Supervisor {
         }
         self.inner.runtime.remove_agent(agent).await?;
         self.lock().remove(agent);
+        if let Some(iso) = self.inner.hive.isolation() {
+            iso.remove_agent(agent)
+                .await
+                .map_err(|source| RuntimeError::Isolation {
+                    agent: agent.clone(),
+                    source,
+                })?;
+        }
         Ok(())
     }
 

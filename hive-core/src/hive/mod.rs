@@ -392,6 +392,11 @@ impl Hive {
         let _ = self.inner.isolation.set(isolation);
     }
 
+    /// The network isolation of a container runtime, if any.
+    pub fn isolation(&self) -> Option<&crate::isolation::Isolation> {
+        self.inner.isolation.get()
+    }
+
     /// What `Health` says of the hive's nftables table.
     pub fn network_isolation(&self) -> hive_proto::operator::NetworkIsolation {
         self.inner

@@ -126,6 +126,8 @@ struct Known {
 struct Inner {
     net: NetworkConfig,
     tools: Tools,
+    /// Where slots are kept, for agents added at run time.
+    store: Store,
     agents: Mutex<BTreeMap<AgentName, Known>>,
     state: Mutex<State>,
     /// One install or reconcile pass at a time.
@@ -149,43 +151,17 @@ impl Isolation {
         store: &Store,
         agents: &BTreeMap<AgentName, AgentPolicy>,
     ) -> Result<Self, IsolationError> {
-        let capacity = addressing::capacity(&net);
         let names: Vec<AgentName> = agents.keys().cloned().collect();
-        let slots = store
-            .write(move |tx| {
-                names
-                    .iter()
-                    .map(|n| Ok((n.clone(), tx.isolation_slot(n, capacity)?)))
-                    .collect::<Result<Vec<_>, StoreError>>()
-            })
-            .await?;
         let mut rules = BTreeMap::new();
-        for (name, slot) in slots {
-            let policy = &agents[&name];
-            let addresses = addressing::addresses(&net, slot).ok_or_else(|| {
-                StoreError::refused(
-                    hive_proto::view::ErrorCode::Limit,
-                    format!("agent {name}'s slot {slot} is outside the pools"),
-                )
-            })?;
-            rules.insert(
-                name.clone(),
-                Known {
-                    rules: AgentRules {
-                        host_if: predicted_host_if(&name),
-                        name,
-                        addresses,
-                        egress: policy.egress,
-                        allow_hosts: policy.allow_hosts.clone(),
-                    },
-                    attached: false,
-                },
-            );
+        for (name, addresses) in allocate(&net, store, names).await? {
+            let known = Known::new(name.clone(), addresses, &agents[&name]);
+            rules.insert(name, known);
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 net,
                 tools,
+                store: store.clone(),
                 agents: Mutex::new(rules),
                 state: Mutex::new(State {
                     status: Status::NotInstalled,
@@ -203,6 +179,54 @@ impl Isolation {
 
     fn agents(&self) -> MutexGuard<'_, BTreeMap<AgentName, Known>> {
         self.inner.agents.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// An agent added, or its policy changed, at run time (a spawn or a
+    /// deploy): it gets its slot (kept in the store, as at start) and the
+    /// table is installed again with its rules, before its container can
+    /// start. An agent already attached keeps its interface.
+    pub async fn set_agent(
+        &self,
+        agent: &AgentName,
+        policy: &AgentPolicy,
+    ) -> Result<(), IsolationError> {
+        let (_, addresses) = allocate(&self.inner.net, &self.inner.store, vec![agent.clone()])
+            .await?
+            .pop()
+            .expect("one agent, one slot");
+        let changed = {
+            let mut agents = self.agents();
+            match agents.get_mut(agent) {
+                Some(known) => {
+                    let before = known.rules.clone();
+                    known.rules.egress = policy.egress;
+                    known.rules.allow_hosts = policy.allow_hosts.clone();
+                    known.rules != before
+                }
+                None => {
+                    agents.insert(agent.clone(), Known::new(agent.clone(), addresses, policy));
+                    true
+                }
+            }
+        };
+        if changed {
+            self.apply().await?;
+        }
+        Ok(())
+    }
+
+    /// An agent removed at run time (its container already stopped): its
+    /// rules leave the table; its slot stays its own in the store.
+    pub async fn remove_agent(&self, agent: &AgentName) -> Result<(), IsolationError> {
+        if self.agents().remove(agent).is_some() {
+            self.apply().await?;
+        }
+        Ok(())
+    }
+
+    /// The agents the table has rules for.
+    pub fn agent_names(&self) -> Vec<AgentName> {
+        self.agents().keys().cloned().collect()
     }
 
     /// The table as it should be now.
@@ -444,14 +468,67 @@ impl Isolation {
 
     /// At clean shutdown: deletes the table. Starts are refused from now on.
     pub async fn remove(&self) -> Result<(), IsolationError> {
-        let _one = self.inner.install.lock().await;
-        {
-            let mut st = self.state();
-            st.status = Status::Removed;
-            st.fingerprint = None;
-        }
+        self.stop_keeping().await;
         self.inner.tools.nft.remove().await
     }
+
+    /// At a shutdown that leaves containers running for the next daemon to
+    /// adopt: the table stays as it is, guarding them, and this daemon
+    /// stops reconciling it. Starts are refused from now on.
+    pub async fn leave_in_place(&self) {
+        self.stop_keeping().await;
+    }
+
+    async fn stop_keeping(&self) {
+        let _one = self.inner.install.lock().await;
+        let mut st = self.state();
+        st.status = Status::Removed;
+        st.fingerprint = None;
+    }
+}
+
+impl Known {
+    fn new(name: AgentName, addresses: AgentAddresses, policy: &AgentPolicy) -> Self {
+        Self {
+            rules: AgentRules {
+                host_if: predicted_host_if(&name),
+                name,
+                addresses,
+                egress: policy.egress,
+                allow_hosts: policy.allow_hosts.clone(),
+            },
+            attached: false,
+        }
+    }
+}
+
+/// Each agent's slot (allocated once, kept in the store) and addresses.
+async fn allocate(
+    net: &NetworkConfig,
+    store: &Store,
+    names: Vec<AgentName>,
+) -> Result<Vec<(AgentName, AgentAddresses)>, IsolationError> {
+    let capacity = addressing::capacity(net);
+    let slots = store
+        .write(move |tx| {
+            names
+                .iter()
+                .map(|n| Ok((n.clone(), tx.isolation_slot(n, capacity)?)))
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
+    slots
+        .into_iter()
+        .map(|(name, slot)| {
+            let addresses = addressing::addresses(net, slot).ok_or_else(|| {
+                StoreError::refused(
+                    hive_proto::view::ErrorCode::Limit,
+                    format!("agent {name}'s slot {slot} is outside the pools"),
+                )
+            })?;
+            Ok((name, addresses))
+        })
+        .collect()
 }
 
 /// The host interface nspawn and nixos-container give the agent's

@@ -136,6 +136,17 @@ impl World {
         })
     }
 
+    /// Runs `f(iso)` on the host's thread ([`on_host`]).
+    fn with<T, F, Fut>(&self, iso: &Isolation, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Isolation) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+    {
+        let iso = iso.clone();
+        on_host(self.host(), move || f(iso))
+    }
+
     fn attach_all(&self, iso: &Isolation) {
         for (agent, (_, leader)) in &self.agents {
             let (iso, agent, pid) = (iso.clone(), name(agent), leader.pid());
@@ -488,4 +499,77 @@ fn without_a_working_nft_no_agent_is_attached_and_running_ones_are_stopped() {
         on_host(w.host(), move || async move { iso.reconcile().await })
     };
     assert_eq!(r, Reconciled::Intact);
+}
+
+#[test]
+fn agents_added_and_removed_at_run_time_get_and_lose_their_rules() {
+    if !can_run() {
+        return;
+    }
+    let w = World::new("dyn");
+    // alice and bob at start; carol arrives at run time (a spawn).
+    let mut at_start = World::policies();
+    let carol_policy = at_start.remove(&name("carol")).unwrap();
+    let store = w.store.clone();
+    let iso = on_host(w.host(), move || async move {
+        let iso = Isolation::new(World::net(), Tools::default(), &store, &at_start)
+            .await
+            .expect("allocating");
+        iso.apply().await.expect("installing");
+        iso
+    });
+    let carol_pid = w.agents["carol"].1.pid();
+    let attach_carol = w.with(&iso, move |iso| async move {
+        iso.attach(&name("carol"), "ve-h-carol", carol_pid).await
+    });
+    assert!(
+        matches!(attach_carol, Err(IsolationError::UnknownAgent(_))),
+        "an agent the table has no rules for is not attached"
+    );
+    w.with(&iso, |iso| async move {
+        iso.set_agent(&name("carol"), &carol_policy).await
+    })
+    .expect("adding carol");
+    assert_eq!(iso.addresses(&name("carol")).unwrap().slot, 2);
+    w.attach_all(&iso);
+    for ns in [w.host(), w.agent("alice"), w.agent("bob"), w.agent("carol")] {
+        ns.wait_for_dad();
+    }
+    let internet = format!("203.0.113.10:{PORT}");
+    let carol = w.agent("carol");
+    let open = open_ones(carol, &forbidden_targets(&w, "carol"));
+    assert!(open.is_empty(), "carol reached {open:?}");
+    assert_eq!(carol.tcp_probe(&internet), None, "carol's egress is deny");
+    assert!(w.agent("alice").tcp_probe(&internet).is_some());
+
+    // A deploy that changes bob's policy to deny: his egress stops.
+    let bob = w.agent("bob");
+    assert!(bob.tcp_probe(&internet).is_some());
+    w.with(&iso, |iso| async move {
+        let deny = AgentPolicy {
+            egress: EgressPolicy::Deny,
+            ..AgentPolicy::default()
+        };
+        iso.set_agent(&name("bob"), &deny)
+            .await
+            .expect("bob to deny")
+    });
+    assert_eq!(bob.tcp_probe(&internet), None, "bob's egress is deny now");
+
+    // carol removed: the table no longer names her, and her interface is
+    // one the table has no policy for, which reaches nothing.
+    w.with(&iso, |iso| async move {
+        iso.remove_agent(&name("carol")).await.expect("removing")
+    });
+    assert!(!iso.agent_names().contains(&name("carol")));
+    let listing = w.host().sh(&format!("nft list table inet {TABLE}"));
+    assert!(!listing.contains("carol"), "{listing}");
+    let open = open_ones(carol, &forbidden_targets(&w, "carol"));
+    assert!(open.is_empty(), "removed carol reached {open:?}");
+    assert_eq!(carol.tcp_probe(&internet), None);
+    assert!(w.agent("alice").tcp_probe(&internet).is_some());
+    assert_eq!(
+        w.with(&iso, |iso| async move { iso.reconcile().await }),
+        Reconciled::Intact
+    );
 }

@@ -20,7 +20,9 @@ use hive_proto::AgentName;
 use crate::common::netns::{
     container4, container6, gateway4, gateway6, net_tools_available, Netns, Outside, PORT,
 };
-use crate::common::{containers_under, nspawn_available, sibling_bin, TestHive};
+use serde_json::json;
+
+use crate::common::{containers_under, nspawn_available, sibling_bin, LineConn, TestHive};
 
 /// nspawn, `nft`, `ip`, `nsenter` and the `hive-agent` binary.
 fn can_run() -> Option<std::path::PathBuf> {
@@ -280,4 +282,84 @@ async fn without_nft_on_path_no_agent_container_starts_and_the_reason_is_one_sen
         "a container runs:\n{}",
         hive.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_table_stays_for_containers_a_sigterm_leaves_and_spawned_agents_get_their_rules() {
+    let Some(ha) = can_run() else {
+        return;
+    };
+    let outside = Outside::new("ist");
+    let host = &outside.host;
+    let mut hive = hive_in(&outside, &ha, &[("isd", ""), ("ise", "")]);
+    hive.start();
+    let (isd, leader) = container_netns(&hive, "isd").await;
+    container_netns(&hive, "ise").await;
+    host.wait_for_dad();
+    let agents = [("isd", 0), ("ise", 1), ("isg", 2)];
+    let internet = format!("203.0.113.10:{PORT}");
+    let blocked = |agent: &str, ns: &Netns| {
+        let open = ns.open_among(&outside.forbidden_targets(agent, &agents[..2]));
+        assert!(open.is_empty(), "{agent} reached {open:?}");
+    };
+    blocked("isd", &isd);
+
+    // SIGTERM: the containers run on for the next daemon, and so does the
+    // table guarding them.
+    assert!(hive.stop().success(), "{}", hive.log());
+    assert!(
+        std::path::Path::new(&format!("/proc/{leader}")).exists(),
+        "isd's container stopped with the daemon"
+    );
+    assert!(
+        table_present(host),
+        "the table went with the daemon\n{}",
+        hive.log()
+    );
+    blocked("isd", &isd);
+    assert!(isd.tcp_probe(&internet).is_some());
+
+    // The next daemon adopts the containers and keeps the table.
+    hive.start();
+    let row = hive.wait_agent("isd", "adopted", up).await;
+    assert_eq!(row.leader_pid, Some(leader), "not adopted: a new container");
+    assert_eq!(
+        health(&hive).await,
+        NetworkIsolation::Enforced { repairs: 0 }
+    );
+    blocked("isd", &isd);
+
+    // An agent spawned on approval gets its own rules before it starts:
+    // its egress works (an agent without rules sends nothing) and the host
+    // stays closed to it.
+    let mut conn = LineConn::connect(&hive.agent_socket("isd")).await.unwrap();
+    let toml = format!(
+        "command = [\"/bin/sh\", \"-c\", \"exec {} demo\"]\n",
+        ha.display()
+    );
+    let r = conn
+        .request(
+            "request_spawn",
+            json!({"name": "isg", "files": {"agent.toml": toml}, "message": "a scout"}),
+        )
+        .await;
+    let id = r["result"]["approval_id"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{r}"));
+    match hive.operator(OperatorRequest::Approve { id }).await {
+        OperatorResponse::Done => {}
+        other => panic!("approve: {other:?}\n{}", hive.log()),
+    }
+    let (isg, _) = container_netns(&hive, "isg").await;
+    let open = isg.open_among(&outside.forbidden_targets("isg", &agents));
+    assert!(open.is_empty(), "isg reached {open:?}");
+    assert_eq!(isg.tcp_probe(&internet).as_deref(), Some("192.0.2.1"));
+
+    // With no container left running, a SIGTERM takes the table along.
+    for a in ["isd", "ise", "isg"] {
+        hive.lifecycle(a, hive_proto::operator::LifecycleAction::Stop)
+            .await;
+    }
+    assert!(hive.stop().success(), "{}", hive.log());
+    assert!(!table_present(host), "{}", hive.log());
 }
