@@ -298,7 +298,8 @@ impl TestHive {
             .unwrap_or_else(|| panic!("no agent {name}"))
     }
 
-    /// Waits (up to [`REPLY_TIMEOUT`]) until `name`'s row satisfies `want`;
+    /// Waits (up to [`REPLY_TIMEOUT`]) until `name` has a row (an approved
+    /// spawn gets one once its deploy registers it) that satisfies `want`;
     /// returns it, or panics with the last row and the daemon's log.
     pub async fn wait_agent(
         &self,
@@ -308,12 +309,20 @@ impl TestHive {
     ) -> hive_proto::view::AgentSummary {
         let end = Instant::now() + REPLY_TIMEOUT;
         loop {
-            let row = self.agent(name).await;
-            if want(&row) {
-                return row;
-            }
-            if Instant::now() > end {
-                panic!("{name} never {what}: {row:?}\n{}", self.log());
+            let row = self
+                .agents()
+                .await
+                .into_iter()
+                .find(|a| a.name.as_str() == name);
+            match row {
+                Some(row) if want(&row) => return row,
+                Some(row) if Instant::now() > end => {
+                    panic!("{name} never {what}: {row:?}\n{}", self.log())
+                }
+                None if Instant::now() > end => {
+                    panic!("{name} never had a row ({what})\n{}", self.log())
+                }
+                _ => {}
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

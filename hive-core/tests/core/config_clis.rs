@@ -271,6 +271,11 @@ async fn hive_agent_request_spawn_and_hivectl_config_propose_become_approvals() 
     assert!(!agents.contains("scout"), "{agents}");
 
     c.run(c.ctl(&["approve", &id.to_string()])).await.ok();
+    // The approval is recorded before `ok`; the deploy that registers the
+    // agent follows.
+    c.hive
+        .wait_agent("scout", "deployed", |r| r.deployed_sha.is_some())
+        .await;
     let agents = c.run(c.ctl(&["agents"])).await.ok();
     row(&agents, "scout");
     let me = c.run(c.agent("scout", &["whoami"])).await.json();
