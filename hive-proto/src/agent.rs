@@ -134,8 +134,10 @@ pub enum AgentRequest {
         files: BTreeMap<RelPath, String>,
         message: String,
     },
-    /// Ask for a new agent `name` with these files (at least `agent.toml`),
-    /// as for `propose_config`. The agent exists only once the operator
+    /// Ask for a new agent `name` with these files, as for
+    /// `propose_config`; an `agent.toml` that names no `command` (or none at
+    /// all) gets the template's (`hive-agent run` around `claude -p` with
+    /// `hive-agent mcp`), and a missing `agent.nix` the template's. The agent exists only once the operator
     /// approves; `name` must be free. `config` is accepted for `files`.
     RequestSpawn {
         name: AgentName,

@@ -11,7 +11,7 @@ use hive_proto::agent::{
 use hive_proto::view::ErrorCode;
 use hive_proto::{AgentName, RelPath};
 
-use super::parse_agent_toml;
+use super::{parse_agent_toml, render};
 use crate::config::AgentPolicy;
 
 /// Most directory levels below `agents/<name>/`.
@@ -34,8 +34,6 @@ pub enum ProposalError {
     BadPath { path: String, why: &'static str },
     #[error("agent.toml: {0}")]
     BadAgentToml(String),
-    #[error("a spawn request needs an agent.toml with a command")]
-    SpawnNeedsCommand,
     #[error("agent {0} already exists; propose_config changes it")]
     NameTaken(AgentName),
     #[error("no agent {0}; request_spawn creates one")]
@@ -117,9 +115,19 @@ pub fn check(
         }
         None => None,
     };
-    if spawn && policy.as_ref().and_then(|p| p.command.as_ref()).is_none() {
-        return Err(ProposalError::SpawnNeedsCommand);
-    }
+    // A new agent that names no command gets the template's: the turn loop
+    // around an LLM CLI (`render::default_command`), written into its
+    // `agent.toml` so the repo says what runs.
+    let policy = match policy {
+        Some(p) if p.command.is_some() || !spawn => Some(p),
+        None if !spawn => None,
+        _ => {
+            let text = render::with_default_command(out.get("agent.toml").map_or("", |t| t));
+            let p = parse_agent_toml(&text).map_err(ProposalError::BadAgentToml)?;
+            out.insert("agent.toml".to_owned(), text);
+            Some(p)
+        }
+    };
     Ok(CheckedProposal { files: out, policy })
 }
 
@@ -166,6 +174,76 @@ mod tests {
     }
 
     #[test]
+    fn a_spawn_without_a_command_gets_the_turn_loop_around_an_llm_cli_with_hive_agent_mcp() {
+        let known: BTreeSet<AgentName> = [name("alice")].into();
+        let scout = name("scout");
+        let template = render::default_command();
+        assert_eq!(&template[..2], ["hive-agent", "run"]);
+        let cli = template.iter().position(|a| a == "--").unwrap() + 1;
+        assert_eq!(&template[cli..cli + 2], ["claude", "-p"]);
+        let config = template.iter().position(|a| a == "--mcp-config").unwrap() + 1;
+        assert_eq!(template[config], render::MCP_CONFIG_PATH);
+        // An agent.toml without `command`: the template's goes first and
+        // the proposer's keys stay as written.
+        let c = check(
+            &scout,
+            &files(&[(
+                "agent.toml",
+                "manager = true\n\n[limits]\nmemory = \"1G\"\n",
+            )]),
+            "m",
+            &known,
+            true,
+        )
+        .unwrap();
+        let policy = c.policy.unwrap();
+        assert_eq!(policy.command.as_ref(), Some(&template));
+        assert!(policy.manager);
+        assert_eq!(policy.limits.memory_bytes, Some(1 << 30));
+        let text = &c.files["agent.toml"];
+        assert!(text.starts_with("# The template for a new agent"), "{text}");
+        assert!(
+            text.ends_with("manager = true\n\n[limits]\nmemory = \"1G\"\n"),
+            "{text}"
+        );
+        // No agent.toml at all: it is written with the template's command.
+        let c = check(
+            &scout,
+            &files(&[("agent.nix", "{ ... }: { }\n")]),
+            "m",
+            &known,
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.policy.unwrap().command, Some(template.clone()));
+        assert_eq!(
+            parse_agent_toml(&c.files["agent.toml"]).unwrap().command,
+            Some(template)
+        );
+        // A command given is kept, and a change to an existing agent never
+        // gets one added.
+        let c = check(
+            &scout,
+            &files(&[("agent.toml", "command = [\"x\"]")]),
+            "m",
+            &known,
+            true,
+        )
+        .unwrap();
+        assert_eq!(c.policy.unwrap().command, Some(vec!["x".to_owned()]));
+        let c = check(
+            &name("alice"),
+            &files(&[("agent.toml", "")]),
+            "m",
+            &known,
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.files["agent.toml"], "");
+        assert_eq!(c.policy.unwrap().command, None);
+    }
+
+    #[test]
     fn bad_proposals_say_why() {
         let known: BTreeSet<AgentName> = [name("alice")].into();
         let alice = name("alice");
@@ -200,10 +278,6 @@ mod tests {
         assert_eq!(
             err(&[("agent.toml", "command=[\"x\"]")], true, &alice),
             ProposalError::NameTaken(alice.clone())
-        );
-        assert_eq!(
-            err(&[("agent.toml", "")], true, &name("scout")),
-            ProposalError::SpawnNeedsCommand
         );
         assert_eq!(
             err(&[("agent.toml", "")], false, &name("zed")),

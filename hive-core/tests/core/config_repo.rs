@@ -162,18 +162,7 @@ async fn an_env_change_proposed_by_the_agent_is_deployed_on_approval_and_reverte
         log.contains(&format!("approve #{id} by operator:")),
         "{log}"
     );
-    match Command::new("nix-instantiate")
-        .arg("--parse")
-        .arg(hive.meta_dir().join("flake.nix"))
-        .output()
-    {
-        Ok(out) => assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(_) => skip_or_fail("nix-instantiate is not installed (Debian nix-bin)"),
-    }
+    nix_parses(&hive.meta_dir().join("flake.nix"));
 
     // Revert the approval: alice runs slow again.
     let main = after.main_sha.unwrap();
@@ -291,12 +280,35 @@ async fn forbidden_invalid_denied_and_conflicting_proposals() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spawn_exists_only_after_approval_and_then_answers_whoami() {
+/// `nix-instantiate --parse FILE` succeeds (skipped off CI without Nix).
+fn nix_parses(file: &std::path::Path) {
+    match Command::new("nix-instantiate")
+        .arg("--parse")
+        .arg(file)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => skip_or_fail("nix-instantiate is not installed (Debian nix-bin)"),
+    }
+}
+
+/// A started hive with alice (mode slow) and a connection on her socket.
+async fn alice_hive() -> (TestHive, LineConn) {
     let hive = started_hive(&agent_table("alice", "slow", ""));
-    let mut alice = LineConn::connect(&hive.agent_socket("alice"))
+    let alice = LineConn::connect(&hive.agent_socket("alice"))
         .await
         .unwrap();
+    (hive, alice)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_exists_only_after_approval_and_then_answers_whoami() {
+    let (hive, mut alice) = alice_hive().await;
     let r = alice
         .request(
             "request_spawn",
@@ -331,6 +343,70 @@ async fn a_spawn_exists_only_after_approval_and_then_answers_whoami() {
         )
         .await;
     assert_eq!(error_code(&r).as_deref(), Some("conflict"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spawn_that_names_no_command_proposes_the_template_turn_loop_with_hive_agent_mcp() {
+    let (hive, mut alice) = alice_hive().await;
+    let r = alice
+        .request(
+            "request_spawn",
+            json!({"name": "scout", "files": {"agent.toml": "idle_timeout = 60\n"}, "message": "a claude"}),
+        )
+        .await;
+    assert_eq!(error_code(&r), None, "{r}");
+    let branch = r["result"]["branch"].as_str().unwrap().to_owned();
+    let show = |path: &str| git(&hive.meta_dir(), &["show", &format!("{branch}:{path}")]);
+    // The proposal carries the template: agent.toml's command is the turn
+    // loop around `claude -p` with the MCP config, the proposer's key kept.
+    let toml_text = show("agents/scout/agent.toml");
+    let raw: toml::Table = toml::from_str(&toml_text).unwrap();
+    let command: Vec<&str> = raw["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let cli = command.iter().position(|a| *a == "--").unwrap();
+    assert_eq!(&command[..2], ["hive-agent", "run"], "{toml_text}");
+    assert!(
+        command[..cli].contains(&"ANTHROPIC_API_KEY=anthropic"),
+        "{toml_text}"
+    );
+    assert_eq!(
+        &command[cli + 1..],
+        [
+            "claude",
+            "-p",
+            "--mcp-config",
+            "/etc/hive/mcp.json",
+            "--strict-mcp-config",
+            "--allowedTools",
+            "mcp__hive"
+        ]
+    );
+    assert_eq!(raw["idle_timeout"].as_integer(), Some(60), "{toml_text}");
+    // agent.nix registers `hive-agent mcp` at that path, and parses.
+    let nix_text = show("agents/scout/agent.nix");
+    assert!(
+        nix_text.contains("environment.etc.\"hive/mcp.json\".text"),
+        "{nix_text}"
+    );
+    assert!(nix_text.contains("command = \"hive-agent\";"), "{nix_text}");
+    assert!(nix_text.contains("args = [ \"mcp\" ];"), "{nix_text}");
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in [("agent.nix", nix_text), ("flake.nix", show("flake.nix"))] {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        nix_parses(&file);
+    }
+    // The operator sees the same in the approval's diff.
+    let diff = &pending(&hive).await[0].diff;
+    assert!(
+        diff.contains("+command = [\"hive-agent\", \"run\""),
+        "{diff}"
+    );
+    assert!(diff.contains("hive-agent mcp"), "{diff}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

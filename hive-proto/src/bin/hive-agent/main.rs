@@ -130,8 +130,9 @@ enum Cmd {
         #[arg(short, long)]
         message: String,
     },
-    /// Ask for a new agent NAME with these files (at least agent.toml); it
-    /// exists once the operator approves.
+    /// Ask for a new agent NAME with these files (an agent.toml without a
+    /// command gets the template's turn loop around Claude Code); it exists
+    /// once the operator approves.
     RequestSpawn {
         name: AgentName,
         /// A file for `agents/NAME/REL`, with the content of LOCAL (repeat

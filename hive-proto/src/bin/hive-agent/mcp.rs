@@ -632,7 +632,7 @@ impl HiveTools {
     }
 
     #[tool(
-        description = "Ask the operator for a new agent with these files (at least agent.toml); it exists only once approved, and the decision arrives in your inbox as an item of kind \"approval_decided\"."
+        description = "Ask the operator for a new agent with these files (agent.toml, agent.nix; left out, or an agent.toml with no command, they come from the hive's template: a turn loop around Claude Code with these tools); it exists only once approved, and the decision arrives in your inbox as an item of kind \"approval_decided\"."
     )]
     async fn request_spawn(&self, Parameters(p): Parameters<RequestSpawnParams>) -> CallToolResult {
         let r = async {
