@@ -350,6 +350,11 @@ async fn the_table_stays_for_containers_a_sigterm_leaves_and_spawned_agents_get_
         OperatorResponse::Done => {}
         other => panic!("approve: {other:?}\n{}", hive.log()),
     }
+    // The deploy follows the approval: wait for the agent's row.
+    wait_for(&hive, "isg's row", || async {
+        hive.agents().await.iter().any(|r| r.name.as_str() == "isg")
+    })
+    .await;
     let (isg, _) = container_netns(&hive, "isg").await;
     let open = isg.open_among(&outside.forbidden_targets("isg", &agents));
     assert!(open.is_empty(), "isg reached {open:?}");
