@@ -12,6 +12,9 @@
 //! - `audit`: `audit verify` detects a row changed behind the daemon's back.
 //! - `config_repo`: propose → approve → the agent restarts with the new
 //!   config; deny, conflict, forbidden, invalid; spawn; revert; kill -9.
+//! - `config_repo_nspawn`: the same on real nspawn containers through the
+//!   CLIs (root): env change and revert seen inside, spawn from inside a
+//!   container, proposer and approver in plain `git log`.
 //! - `dev`: `hive-core dev` flags, directories, token, children, signals.
 //! - `disk_full`: a store on a full tmpfs refuses cleanly, recovers, loses
 //!   nothing.
@@ -59,6 +62,8 @@ mod clis;
 mod config_clis;
 #[path = "core/config_repo.rs"]
 mod config_repo;
+#[path = "core/config_repo_nspawn.rs"]
+mod config_repo_nspawn;
 #[path = "core/containers.rs"]
 mod containers;
 #[path = "core/dev.rs"]

@@ -36,7 +36,7 @@ impl Clis {
     }
 
     /// Starts `hive` (not yet started); `None` as for [`Clis::start`].
-    fn start_hive(mut hive: TestHive) -> Option<Self> {
+    pub(crate) fn start_hive(mut hive: TestHive) -> Option<Self> {
         let hivectl = sibling_bin("hivectl")?;
         let hive_agent = sibling_bin("hive-agent")?;
         hive.start();

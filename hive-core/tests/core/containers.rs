@@ -20,7 +20,7 @@ use crate::common::{nspawn_available, sibling_bin, TestHive};
 
 /// A hive on the nspawn runtime whose agents run `script` (with `$HA`
 /// naming `hive-agent`) under `/bin/sh`, plus extra `[agents.*]` keys.
-fn nspawn_hive(agents: &[(&str, &str, &str)]) -> Option<(TestHive, PathBuf)> {
+pub(crate) fn nspawn_hive(agents: &[(&str, &str, &str)]) -> Option<(TestHive, PathBuf)> {
     nspawn_hive_with("", agents)
 }
 
@@ -41,7 +41,7 @@ fn nspawn_hive_with(top: &str, agents: &[(&str, &str, &str)]) -> Option<(TestHiv
     Some((hive, ha))
 }
 
-fn state_dir(hive: &TestHive, agent: &str) -> PathBuf {
+pub(crate) fn state_dir(hive: &TestHive, agent: &str) -> PathBuf {
     hive.dir.path().join("lib/agents").join(agent).join("state")
 }
 
@@ -49,11 +49,11 @@ fn lib_dir(hive: &TestHive, agent: &str) -> PathBuf {
     hive.dir.path().join("lib/agents").join(agent)
 }
 
-fn running(a: &AgentSummary) -> bool {
+pub(crate) fn running(a: &AgentSummary) -> bool {
     a.run_state == RunState::Running && a.leader_pid.is_some()
 }
 
-async fn wait_file(hive: &TestHive, path: &Path) -> String {
+pub(crate) async fn wait_file(hive: &TestHive, path: &Path) -> String {
     let end = Instant::now() + crate::common::REPLY_TIMEOUT;
     while Instant::now() < end {
         if let Ok(s) = fs::read_to_string(path) {
