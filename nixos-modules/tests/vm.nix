@@ -81,11 +81,13 @@ pkgs.testers.runNixOSTest {
         host.succeed("hivectl audit | grep -q answer")
 
     with subtest("the operator approves a proposal over HTTP"):
-        # alice (canProposeFor bob) proposes a change of bob's agent.toml
-        # through her own socket; the verb is the config-repo issue's (8).
+        # alice (canProposeFor bob) proposes a new agent.toml for bob through
+        # her own socket (docs/agent-config.md). The file replaces bob's
+        # whole agent.toml; this subtest only follows the approval.
         host.succeed(
             "nixos-container run h-alice -- sh -c "
-            "'printf \"allowed_recipients = [\\\"operator\\\"]\\n\" | hive-agent propose bob --file -'"
+            "'printf \"allowed_recipients = [\\\"operator\\\"]\\n\" > /tmp/bob.toml && "
+            "hive-agent propose-config bob --file agent.toml=/tmp/bob.toml -m \"bob talks to the operator only\"'"
         )
         host.wait_until_succeeds(
             "curl -fsS -b /tmp/jar http://127.0.0.1:8080/api/approvals | grep -q '\"id\"'", timeout=120

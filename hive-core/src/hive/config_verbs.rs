@@ -32,7 +32,7 @@ use hive_proto::{AgentName, Principal, RelPath};
 
 use super::{Hive, Refusal};
 use crate::config::{AgentPolicy, Config};
-use crate::repo::{proposal, ConfigRepo, LogEntry, MergeOutcome, RepoError};
+use crate::repo::{proposal, render, ConfigRepo, LogEntry, MergeOutcome, RepoError};
 use crate::runtime::AgentSpec;
 use crate::store::NewApproval;
 use crate::Error;
@@ -77,9 +77,15 @@ pub(super) fn open_repo(
     if seeded {
         tracing::info!(path = %path.display(), agents = agents.len(), "config repo seeded from the daemon config");
     } else {
-        for name in config.agents.keys() {
-            if !agents.contains_key(name) {
-                tracing::warn!(agent = %name, "in the daemon config but not in the config repo: ignored (propose it to add it)");
+        for (name, daemon) in &config.agents {
+            match agents.get(name) {
+                None => {
+                    tracing::warn!(agent = %name, "in the daemon config but not in the config repo: ignored (propose it to add it)");
+                }
+                Some(repo) if render::agent_toml(repo) != render::agent_toml(daemon) => {
+                    tracing::warn!(agent = %name, "its daemon-config table differs from agents/{name}/agent.toml in the config repo: the repo wins (propose the change to make it)");
+                }
+                Some(_) => {}
             }
         }
     }

@@ -141,6 +141,8 @@ async fn bad_proposals_fail_on_one_line_and_leave_no_approval_or_branch() {
     let broken = local_file(&c, "broken.toml", b"restart = \"always\"\n");
     let big = local_file(&c, "big.nix", &vec![b'#'; MAX_PROPOSAL_FILE + 1]);
     let missing = c.hive.dir.path().join("no-such.toml");
+    let main = || git(&c.hive.meta_dir(), &["rev-parse", "main"]);
+    let main_before = main();
     let propose = |rel: &str, local: &Path| {
         vec![
             "propose-config".to_owned(),
@@ -237,6 +239,9 @@ async fn bad_proposals_fail_on_one_line_and_leave_no_approval_or_branch() {
         "{body}"
     );
     assert!(pending(&c).await.is_empty());
+    // Only an approval moves main: neither the refusals, nor a proposal,
+    // nor its denial did.
+    assert_eq!(main(), main_before);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

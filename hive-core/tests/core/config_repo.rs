@@ -460,3 +460,34 @@ async fn kill_9_right_after_an_approval_deploys_it_once_and_shows_it_decided() {
         "and cannot be approved twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_seeding_the_repo_wins_over_a_changed_daemon_config_and_the_log_says_so() {
+    let mut hive = started_hive(&agent_table("alice", "slow", ""));
+    assert!(poll_until(|| modes(&hive, "alice") == ["slow"]).await);
+    assert!(hive.stop().success());
+    // The operator edits the daemon config by hand: alice's env, and a new
+    // agent bob. Neither reaches the hive without a proposal.
+    let config = std::fs::read_to_string(&hive.config_path).unwrap();
+    let edited =
+        config.replace("MODE = \"slow\"", "MODE = \"fast\"") + &agent_table("bob", "slow", "");
+    std::fs::write(&hive.config_path, edited).unwrap();
+    hive.start();
+    assert!(
+        poll_until(|| modes(&hive, "alice") == ["slow", "slow"]).await,
+        "{:?}\n{}",
+        modes(&hive, "alice"),
+        hive.log()
+    );
+    let log = hive.log();
+    assert!(
+        log.contains("differs from agents/alice/agent.toml") && log.contains("the repo wins"),
+        "{log}"
+    );
+    assert!(log.contains("not in the config repo"), "{log}");
+    assert!(!hive.agent_socket("bob").exists());
+    let Resp::Agents(list) = hive.operator(Req::ListAgents).await else {
+        panic!()
+    };
+    assert!(list.iter().all(|a| a.name.as_str() != "bob"), "{list:?}");
+}
