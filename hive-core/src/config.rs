@@ -94,6 +94,13 @@ pub struct RawNetwork {
     /// The interface agent egress leaves through (masqueraded); without it,
     /// any interface that is not an agent's.
     pub uplink: Option<String>,
+    /// Milliseconds between two reads of the table by the reconcile loop
+    /// (default [`DEFAULT_RECONCILE_PERIOD_MS`], from
+    /// [`MIN_RECONCILE_PERIOD_MS`] to [`MAX_RECONCILE_PERIOD_MS`]).
+    pub reconcile_period_ms: Option<u64>,
+    /// `ADDR:PORT` targets in private ranges that `hivectl doctor` probes
+    /// from inside each running agent (a LAN host, a tailnet peer).
+    pub doctor_targets: Option<Vec<String>>,
 }
 
 /// `[restart]`: the backoff and the cap for `restart = "on-failure"`.
@@ -380,6 +387,15 @@ pub const MAX_POOL4_PREFIX: u8 = 30;
 pub const MAX_POOL6_PREFIX: u8 = 64;
 /// Longest interface name Linux accepts (`IFNAMSIZ` - 1).
 pub const MAX_IFNAME: usize = 15;
+/// Default `[network] reconcile_period_ms`.
+pub const DEFAULT_RECONCILE_PERIOD_MS: u64 = 1000;
+/// Shortest `reconcile_period_ms`: each pass runs `nft` once or twice.
+pub const MIN_RECONCILE_PERIOD_MS: u64 = 100;
+/// Longest `reconcile_period_ms`: a deleted or edited table is restored
+/// within this (issue 9 promises at most 5 s).
+pub const MAX_RECONCILE_PERIOD_MS: u64 = 5000;
+/// Most `[network] doctor_targets`.
+pub const MAX_DOCTOR_TARGETS: usize = 64;
 
 /// Validated `[network]`: where agent addresses come from and how agent
 /// egress leaves the host.
@@ -389,6 +405,10 @@ pub struct NetworkConfig {
     pub pool6: ipnet::Ipv6Net,
     pub resolver: Option<std::net::IpAddr>,
     pub uplink: Option<String>,
+    /// How often the reconcile loop reads the table back.
+    pub reconcile_period: std::time::Duration,
+    /// Private-range targets `hivectl doctor` probes from inside each agent.
+    pub doctor_targets: Vec<std::net::SocketAddr>,
 }
 
 impl Default for NetworkConfig {
@@ -398,6 +418,8 @@ impl Default for NetworkConfig {
             pool6: DEFAULT_POOL6.parse().expect("default pool6"),
             resolver: None,
             uplink: None,
+            reconcile_period: std::time::Duration::from_millis(DEFAULT_RECONCILE_PERIOD_MS),
+            doctor_targets: Vec::new(),
         }
     }
 }
@@ -458,6 +480,35 @@ pub fn validate_network(raw: RawNetwork) -> Result<NetworkConfig, String> {
             ));
         }
         net.uplink = Some(u);
+    }
+    if let Some(ms) = raw.reconcile_period_ms {
+        if !(MIN_RECONCILE_PERIOD_MS..=MAX_RECONCILE_PERIOD_MS).contains(&ms) {
+            return Err(format!(
+                "network.reconcile_period_ms {ms} is out of range ({MIN_RECONCILE_PERIOD_MS} to {MAX_RECONCILE_PERIOD_MS})"
+            ));
+        }
+        net.reconcile_period = std::time::Duration::from_millis(ms);
+    }
+    if let Some(targets) = raw.doctor_targets {
+        if targets.len() > MAX_DOCTOR_TARGETS {
+            return Err(format!(
+                "network.doctor_targets lists {} targets, at most {MAX_DOCTOR_TARGETS}",
+                targets.len()
+            ));
+        }
+        for t in targets {
+            let addr: std::net::SocketAddr = t.parse().map_err(|_| {
+                format!("network.doctor_targets {t:?} is not ADDR:PORT (IPv6 as [ADDR]:PORT)")
+            })?;
+            if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+                return Err(format!(
+                    "network.doctor_targets {t:?} is not a host one can connect to"
+                ));
+            }
+            if !net.doctor_targets.contains(&addr) {
+                net.doctor_targets.push(addr);
+            }
+        }
     }
     Ok(net)
 }
@@ -1125,9 +1176,22 @@ mod tests {
             pool6 = "fd00:1::/56"
             resolver = "10.88.0.53"
             uplink = "eth0"
+            reconcile_period_ms = 5000
+            doctor_targets = ["192.168.1.10:22", "[fd00::10]:443"]
             "#,
         )
         .unwrap();
+        assert_eq!(
+            c.network.reconcile_period,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(
+            c.network.doctor_targets,
+            [
+                "192.168.1.10:22".parse().unwrap(),
+                "[fd00::10]:443".parse().unwrap()
+            ]
+        );
         assert_eq!(c.network.pool4.to_string(), "10.99.1.0/24");
         assert_eq!(c.network.pool6.to_string(), "fd00:1::/56");
         assert_eq!(c.network.resolver, Some("10.88.0.53".parse().unwrap()));
@@ -1149,6 +1213,17 @@ mod tests {
         bad("resolver = \"127.0.0.53\"", "loopback");
         bad("uplink = \"eth0; drop\"", "network.uplink");
         bad("uplink = \"a-very-long-interface\"", "network.uplink");
+        bad("reconcile_period_ms = 5001", "network.reconcile_period_ms");
+        bad("reconcile_period_ms = 10", "network.reconcile_period_ms");
+        bad("doctor_targets = [\"10.0.0.5\"]", "network.doctor_targets");
+        bad(
+            "doctor_targets = [\"10.0.0.5:0\"]",
+            "network.doctor_targets",
+        );
+        bad(
+            "doctor_targets = [\"fd00::5:80\"]",
+            "network.doctor_targets",
+        );
         bad("uplink = \"ve-h-alice\"", "agent interface");
         bad("pool = \"10.0.0.0/8\"", "pool");
     }

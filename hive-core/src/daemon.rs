@@ -176,7 +176,10 @@ impl Daemon {
             web_user.as_ref().map(|u| u.gid),
         )?;
         sockets.push(config.web_socket());
-        let web_ep = WebEndpoint::new(web_user.map(|u| (u.name, u.uid)));
+        let web_ep = WebEndpoint::new(
+            web_user.map(|u| (u.name, u.uid)),
+            hive.gateway_peers().clone(),
+        );
         operator_socket::serve(web_ep, web, &hive, &shutdown, &tracker);
 
         let admin = unix_socket::bind(

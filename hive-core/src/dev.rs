@@ -113,6 +113,10 @@ pub struct DevOptions {
     /// Run the demo agents even where nothing can isolate them (a banner on
     /// every page then says so).
     pub allow_unsandboxed: bool,
+    /// `[network] reconcile_period_ms` for the dev hive.
+    pub reconcile_period_ms: Option<u64>,
+    /// `[network] doctor_targets` for the dev hive (`ADDR:PORT`).
+    pub doctor_targets: Vec<String>,
 }
 
 /// Why `dev` could not start; each is one sentence.
@@ -126,6 +130,8 @@ pub enum DevError {
     NoIsolation,
     #[error("--agents names no agent")]
     NoAgents,
+    #[error("{0}")]
+    Network(String),
     #[error("state dir {path}: {why}")]
     StateDir { path: PathBuf, why: String },
     #[error("hive-web is not built (looked for {0}); run `cargo build -p hive-web`, pass --web-bin PATH, or add --no-web")]
@@ -157,6 +163,13 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
     if opts.agents.is_empty() {
         return Err(DevError::NoAgents);
     }
+    // The same checks as the config file's `[network]` keys.
+    let network = crate::config::validate_network(crate::config::RawNetwork {
+        reconcile_period_ms: opts.reconcile_period_ms,
+        doctor_targets: Some(opts.doctor_targets.clone()),
+        ..Default::default()
+    })
+    .map_err(DevError::Network)?;
     let as_root = peer::running_as_root();
     let nspawn_installed = crate::runtime::nspawn::find_nspawn().is_some();
     let (runtime, why) = resolve_runtime(opts.runtime, as_root, nspawn_installed);
@@ -245,7 +258,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         },
         allow_unsandboxed: opts.allow_unsandboxed,
         event_retention: crate::config::DEFAULT_EVENT_RETENTION,
-        network: crate::config::NetworkConfig::default(),
+        network,
         restart: crate::config::RestartSettings::default(),
         stop_timeout: std::time::Duration::from_secs(crate::config::DEFAULT_STOP_TIMEOUT_S),
         uid_pool: Default::default(),

@@ -15,6 +15,7 @@ pub mod agent_socket;
 pub mod config;
 pub mod daemon;
 pub mod dev;
+pub mod doctor;
 pub mod error;
 pub mod hive;
 pub mod hub;

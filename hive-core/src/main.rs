@@ -84,6 +84,14 @@ enum Cmd {
         /// then carries a banner saying so).
         #[arg(long)]
         allow_unsandboxed: bool,
+        /// Milliseconds between the reconcile loop's reads of the hive's
+        /// nftables table (`[network] reconcile_period_ms`).
+        #[arg(long, value_name = "MS")]
+        reconcile_period_ms: Option<u64>,
+        /// A private-range `ADDR:PORT` that `hivectl doctor` probes from
+        /// inside each agent (`[network] doctor_targets`); repeatable.
+        #[arg(long, value_name = "ADDR:PORT")]
+        doctor_target: Vec<String>,
     },
 }
 
@@ -164,6 +172,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
             agent_bin,
             harness,
             allow_unsandboxed,
+            reconcile_period_ms,
+            doctor_target,
         } => {
             let agents = match agents {
                 Some(list) => list,
@@ -187,6 +197,8 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 agent_bin,
                 harness,
                 allow_unsandboxed,
+                reconcile_period_ms,
+                doctor_targets: doctor_target,
             };
             dev::run(opts, stop).await?;
         }

@@ -16,6 +16,7 @@ pub mod ci;
 pub mod client;
 pub mod codec;
 pub mod command_line;
+pub mod doctor;
 pub mod event;
 pub mod name;
 pub mod operator;

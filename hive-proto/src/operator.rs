@@ -267,6 +267,11 @@ pub enum AdminRequest {
     ConfigShow { agent: AgentName, rev: String },
     /// The diff of the agent's files from what runs to `main`.
     ConfigDiff { agent: AgentName },
+    /// Check the live host (`hivectl doctor`): socket modes and owners, the
+    /// gateway's uid and capabilities, the hive's nftables table, and a
+    /// probe from inside each running agent's network namespace. Admin
+    /// only: the probes need root and the containers' namespaces.
+    Doctor,
 }
 
 /// One commit of the config repo, as `hivectl config log` shows it.
@@ -506,6 +511,8 @@ pub enum OperatorResponse {
     Reverted {
         main: String,
     },
+    /// What `Doctor` found, one check per line.
+    Doctor(crate::doctor::DoctorReport),
 }
 
 /// A refused call.

@@ -18,6 +18,7 @@ use expect_test::{expect, Expect};
 use hive_proto::agent::ProposalResult;
 use hive_proto::agent::{self, AgentRequest, CancelKind, Push, RequestLine, ServerLine};
 use hive_proto::codec::{decode_frame, FrameCodec};
+use hive_proto::doctor::{DoctorCheck, DoctorReport, Verdict};
 use hive_proto::event::{Event, EventRecord};
 use hive_proto::operator::{
     AdminRequest, Approval, ClientFrame, ConfigCommit, ConfigRev, DirEntry, Health, Hello,
@@ -429,6 +430,7 @@ fn admin_request() -> impl Strategy<Value = AdminRequest> {
             .prop_map(|(agent, limit)| AdminRequest::ConfigLog { agent, limit }),
         (name(), text()).prop_map(|(agent, rev)| AdminRequest::ConfigShow { agent, rev }),
         name().prop_map(|agent| AdminRequest::ConfigDiff { agent }),
+        Just(AdminRequest::Doctor),
     ]
 }
 
@@ -601,6 +603,23 @@ fn operator_response() -> impl Strategy<Value = OperatorResponse> {
         )
         .prop_map(O::ConfigLog),
         "[0-9a-f]{40}".prop_map(|main| O::Reverted { main }),
+        prop::collection::vec((text(), verdict()), 0..4).prop_map(|checks| {
+            O::Doctor(DoctorReport {
+                checks: checks
+                    .into_iter()
+                    .map(|(subject, verdict)| DoctorCheck { subject, verdict })
+                    .collect(),
+            })
+        }),
+    ]
+}
+
+fn verdict() -> impl Strategy<Value = Verdict> {
+    prop_oneof![
+        text().prop_map(|detail| Verdict::Ok { detail }),
+        (text(), text()).prop_map(|(what, fix)| Verdict::Wrong { what, fix }),
+        text().prop_map(|how| Verdict::Blocked { how }),
+        text().prop_map(|how| Verdict::Open { how }),
     ]
 }
 
@@ -733,6 +752,7 @@ fn admin_kind(r: &AdminRequest) -> &'static str {
         AdminRequest::ConfigLog { .. } => "config_log",
         AdminRequest::ConfigShow { .. } => "config_show",
         AdminRequest::ConfigDiff { .. } => "config_diff",
+        AdminRequest::Doctor => "doctor",
     }
 }
 
@@ -758,6 +778,7 @@ fn response_kind(r: &OperatorResponse) -> &'static str {
         O::Proposed(_) => "proposed",
         O::ConfigLog(_) => "config_log",
         O::Reverted { .. } => "reverted",
+        O::Doctor(_) => "doctor",
     }
 }
 

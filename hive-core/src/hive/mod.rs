@@ -211,6 +211,8 @@ struct Inner {
     meters: quota::Meters,
     /// The network isolation of container runtimes; unset for the others.
     isolation: OnceLock<crate::isolation::Isolation>,
+    /// Who is connected to `web.sock` (for `hivectl doctor`).
+    gateway_peers: crate::operator_socket::GatewayPeers,
 }
 
 impl Hive {
@@ -243,6 +245,7 @@ impl Hive {
                 runtime: OnceLock::new(),
                 meters: quota::Meters::default(),
                 isolation: OnceLock::new(),
+                gateway_peers: Default::default(),
             }),
         })
     }
@@ -404,6 +407,11 @@ impl Hive {
             .get()
             .map(|i| i.health())
             .unwrap_or(hive_proto::operator::NetworkIsolation::NotUsed)
+    }
+
+    /// The processes connected to `web.sock` now.
+    pub fn gateway_peers(&self) -> &crate::operator_socket::GatewayPeers {
+        &self.inner.gateway_peers
     }
 
     fn runtime(&self) -> Option<&Arc<dyn RuntimeControl>> {

@@ -248,7 +248,9 @@ impl Hive {
         Ok(())
     }
 
-    fn agent_view(&self, agent: &AgentName) -> crate::runtime::AgentView {
+    /// The runtime's half of an agent's row (`Unknown` before a runtime is
+    /// installed); `hivectl doctor` takes leader pids from it too.
+    pub(crate) fn agent_view(&self, agent: &AgentName) -> crate::runtime::AgentView {
         self.runtime()
             .map(|r| r.agent_view(agent))
             .unwrap_or_else(|| crate::runtime::AgentView::of_state(RunState::Unknown))

@@ -3,7 +3,8 @@
 //! (`table inet hyperhive`) the way Incus and libvirt own theirs — rendered
 //! from the config ([`ruleset`]), installed in one `nft -f` transaction and
 //! verified by reading it back ([`nft`]), restored by [`Isolation::run_reconcile`]
-//! within [`RECONCILE_PERIOD`] when someone deletes or edits it, and removed
+//! within one reconcile period (`[network] reconcile_period_ms`, default
+//! [`RECONCILE_PERIOD`]) when someone deletes or edits it, and removed
 //! at clean shutdown — plus each agent's addresses ([`addressing`], kept in
 //! the store) and their configuration on its veth ([`veth`]).
 //!
@@ -43,8 +44,9 @@ pub const TABLE: &str = "hyperhive";
 pub const AGENT_IF_PREFIX: &str = "ve-h-";
 /// The container side of an nspawn veth.
 pub const CONTAINER_IF: &str = "host0";
-/// How often the reconcile loop reads the table back. An edit or deletion
-/// is repaired within one period plus one `nft` run.
+/// How often the reconcile loop reads the table back unless
+/// `[network] reconcile_period_ms` says otherwise. An edit or deletion is
+/// repaired within one period plus one `nft` run.
 pub const RECONCILE_PERIOD: Duration = Duration::from_secs(1);
 
 /// Why isolation could not be set up or kept.
@@ -416,7 +418,8 @@ impl Isolation {
         }
     }
 
-    /// Reconciles every [`RECONCILE_PERIOD`] until `stop`. When the table
+    /// Reconciles every reconcile period (`NetworkConfig::reconcile_period`)
+    /// until `stop`. When the table
     /// cannot be kept, `on_failure` runs once (with the reason) so the
     /// daemon stops every running container; passes go on, and a later
     /// success makes starts possible again.
@@ -425,7 +428,7 @@ impl Isolation {
         F: Fn(String) -> Fut,
         Fut: Future<Output = ()>,
     {
-        let mut tick = tokio::time::interval(RECONCILE_PERIOD);
+        let mut tick = tokio::time::interval(self.inner.net.reconcile_period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = self.check_ready().is_err();
         if failing {
@@ -464,6 +467,41 @@ impl Isolation {
                 Reconciled::Removed => return,
             }
         }
+    }
+
+    /// For `hivectl doctor`: reads the table back and compares it with what
+    /// the core would install now (its chains, rule counts and sets) and
+    /// with what it last installed (every rule). `Err` is one sentence.
+    /// Changes nothing: repairing is the reconcile loop's job.
+    pub async fn check_table(&self) -> Result<(), String> {
+        let listing = self
+            .inner
+            .tools
+            .nft
+            .list()
+            .await
+            .map_err(|e| format!("table inet {TABLE} cannot be read: {e}"))?;
+        let Some(listing) = listing else {
+            return Err(format!("table inet {TABLE} is missing"));
+        };
+        nft::verify(&self.render(), &listing)
+            .map_err(|e| format!("table inet {TABLE} is not what the core would install: {e}"))?;
+        let installed = self.state().fingerprint.clone();
+        match installed {
+            Some(fp) if fp != listing.fingerprint => Err(format!(
+                "table inet {TABLE} differs from what the core installed (a rule was edited)"
+            )),
+            Some(_) => Ok(()),
+            None => Err(format!(
+                "table inet {TABLE} is there but the core has not installed it ({})",
+                self.health().sentence()
+            )),
+        }
+    }
+
+    /// The reconcile period, for `hivectl doctor`'s advice.
+    pub fn reconcile_period(&self) -> Duration {
+        self.inner.net.reconcile_period
     }
 
     /// At clean shutdown: deletes the table. Starts are refused from now on.

@@ -112,6 +112,10 @@ impl Endpoint for AdminEndpoint {
             AdminRequest::AuditExport { since, limit } => {
                 hive.audit_export(&caller, since, limit).await
             }
+            AdminRequest::Doctor => {
+                tracing::info!(operator = %caller.actor(), "hivectl doctor: checking the host");
+                Ok(OperatorResponse::Doctor(crate::doctor::run(&hive).await))
+            }
             other => hive.admin_config_call(&caller, other).await,
         };
         result.map_err(RpcError::from)

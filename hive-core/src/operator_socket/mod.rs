@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use admin::AdminEndpoint;
-pub use web::{validate_login, WebEndpoint, MAX_LOGIN};
+pub use web::{validate_login, GatewayPeers, WebCaller, WebEndpoint, MAX_LOGIN};
 
 use crate::hive::Hive;
 use crate::peer::{self, PeerCred};

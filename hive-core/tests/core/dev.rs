@@ -204,6 +204,18 @@ impl Dev {
 
 impl Drop for Dev {
     fn drop(&mut self) {
+        // SIGTERM first, so dev stops hive-web too: a gateway orphaned by a
+        // SIGKILL would keep running (and keep whatever it inherited open,
+        // such as the nspawn lock of `flock`).
+        // Only a child not yet reaped: its pid cannot have been reused.
+        if let Ok(None) = self.child.try_wait() {
+            let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         // A dev hive stops its containers; one that died early cannot.
@@ -527,6 +539,231 @@ async fn dev_with_nspawn_runs_each_demo_agent_in_its_own_container_behind_the_ta
         reply.contains("isdva") && reply.contains("isdvb"),
         "{reply}"
     );
+
+    dev.sigterm_and_expect_gone(&leaders);
+}
+
+/// `hivectl --socket ADMIN doctor`: whether it exited 0, and its report.
+fn doctor(hivectl: &Path, admin: &Path) -> (bool, String) {
+    let out = Command::new(hivectl)
+        .arg("--socket")
+        .arg(admin)
+        .arg("doctor")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.trim().is_empty(), "hivectl doctor: {stderr}");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `sh -ec script` in the network namespace of `pid`.
+fn sh_in_netns_of(pid: u32, script: &str) -> std::process::Output {
+    Command::new("nsenter")
+        .args(["-t", &pid.to_string(), "-n", "sh", "-ec", script])
+        .output()
+        .unwrap()
+}
+
+/// The report's lines whose subject contains `what`, as `(word, line)`.
+fn lines_about<'a>(report: &'a str, what: &str) -> Vec<(&'a str, &'a str)> {
+    report
+        .lines()
+        .filter(|l| l.contains(what))
+        .map(|l| (l.split_whitespace().next().unwrap_or(""), l))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_on_a_live_nspawn_dev_hive_finds_everything_blocked_and_open_while_the_table_is_gone(
+) {
+    if !nspawn_available() {
+        return;
+    }
+    let (Some(agent_bin), Some(_web), Some(hivectl)) = (
+        sibling_bin("hive-agent"),
+        sibling_bin("hive-web"),
+        sibling_bin("hivectl"),
+    ) else {
+        return;
+    };
+    // A "LAN" host on a private address behind the dev hive's namespace;
+    // the doctor is told to probe it.
+    let lan = crate::common::netns::Netns::new("drlan");
+    let lan_target = "192.168.77.2:80";
+    let dev = Dev::start_in_own_netns(&[
+        "--runtime",
+        "nspawn",
+        "--agents",
+        "drdoa,drdob",
+        "--agent-bin",
+        agent_bin.to_str().unwrap(),
+        // The longest period allowed: the window the test works in.
+        "--reconcile-period-ms",
+        "5000",
+        "--doctor-target",
+        lan_target,
+    ]);
+    let rows = dev
+        .wait_rows("running in containers", |r| {
+            r.leader_pid.is_some() && r.status.as_deref() == Some("demo: waiting for the operator")
+        })
+        .await;
+    let leaders: Vec<i32> = rows.iter().map(|r| r.leader_pid.unwrap() as i32).collect();
+    let dev_pid = dev.child.id();
+    // Wire the LAN to the hive's namespace and let that namespace forward,
+    // so that only the table stands between an agent and the LAN, the other
+    // agent or the host.
+    let wired = sh_in_netns_of(
+        dev_pid,
+        &format!(
+            "ip link add drlan0 type veth peer name drlan1 netns {lan}\n\
+             ip addr add 192.168.77.1/24 dev drlan0\n\
+             ip link set drlan0 up\n\
+             sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1",
+            lan = lan.name
+        ),
+    );
+    assert!(
+        wired.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wired.stderr)
+    );
+    lan.sh("ip addr add 192.168.77.2/24 dev drlan1\n\
+         ip link set drlan1 up\n\
+         ip route add default via 192.168.77.1");
+    lan.echo_peer_tcp(lan_target);
+    let admin = dev.state().join("run/admin.sock");
+
+    // With the table in place: every line ok or blocked, exit 0.
+    let (healthy, report) = doctor(&hivectl, &admin);
+    println!("doctor, table installed:\n{report}");
+    assert!(healthy, "{report}");
+    for line in report
+        .lines()
+        .filter(|l| l.starts_with("probe") || l.contains(" probe "))
+    {
+        assert!(line.starts_with("blocked"), "{line}");
+    }
+    for (subject, want) in [
+        ("table inet hyperhive", "ok"),
+        ("admin.sock", "ok"),
+        ("web.sock", "ok"),
+        ("agent drdoa socket dir", "ok"),
+        ("agent drdob socket ", "ok"),
+        ("gateway hive-web", "ok"),
+        ("(pid", "ok"),
+    ] {
+        let found = lines_about(&report, subject);
+        assert!(
+            !found.is_empty() && found.iter().all(|(w, _)| *w == want),
+            "{subject}: {found:?}\n{report}"
+        );
+    }
+    assert!(report.contains("uid 65534 (nobody)"), "{report}");
+    assert!(report.contains("every capability set empty"), "{report}");
+    // Every kind of probe ran, from each agent, and was blocked.
+    for (from, to) in [("drdoa", "drdob"), ("drdob", "drdoa")] {
+        for what in [
+            format!("(agent {to})"),
+            format!("host address on ve-h-{from},"),
+            format!("host address on ve-h-{to},"),
+            "host address on drlan0,".to_owned(),
+            "(doctor target)".to_owned(),
+        ] {
+            let found = lines_about(&report, &format!("probe {from} -> "));
+            assert!(
+                found
+                    .iter()
+                    .any(|(w, l)| *w == "blocked" && l.contains(what.as_str())),
+                "{from}: no blocked {what}\n{report}"
+            );
+        }
+    }
+
+    // Delete the table right after a reconcile pass (so nearly a whole
+    // period is left before the next), then ask the doctor.
+    let table_is_there = || {
+        sh_in_netns_of(dev_pid, "nft list table inet hyperhive > /dev/null")
+            .status
+            .success()
+    };
+    let wait_for_repair = || {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let started = Instant::now();
+        while !table_is_there() {
+            assert!(
+                Instant::now() < deadline,
+                "never repaired:\n{}",
+                dev.output()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        started.elapsed()
+    };
+    let delete = || {
+        let out = sh_in_netns_of(dev_pid, "nft delete table inet hyperhive");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut open_report = None;
+    for _attempt in 0..3 {
+        delete();
+        wait_for_repair();
+        delete();
+        let (healthy, report) = doctor(&hivectl, &admin);
+        let missing = lines_about(&report, "table inet hyperhive");
+        if missing
+            .iter()
+            .any(|(w, l)| *w == "WRONG" && l.contains("is missing"))
+        {
+            assert!(!healthy, "a missing table must fail the doctor:\n{report}");
+            open_report = Some(report);
+            break;
+        }
+        // The repair came first after all; the report must then be clean.
+        println!("the repair won the race; again:\n{report}");
+    }
+    let report = open_report.expect("the doctor never saw the table missing");
+    println!("doctor, table deleted:\n{report}");
+    for (from, to) in [("drdoa", "drdob"), ("drdob", "drdoa")] {
+        let found = lines_about(&report, &format!("probe {from} -> "));
+        for what in [
+            format!("(agent {to})"),
+            format!("host address on ve-h-{from},"),
+            "host address on drlan0,".to_owned(),
+            "(doctor target)".to_owned(),
+        ] {
+            assert!(
+                found
+                    .iter()
+                    .any(|(w, l)| *w == "OPEN" && l.contains(what.as_str())),
+                "{from}: {what} not OPEN without the table\n{report}"
+            );
+        }
+        // The LAN listener answered: a real connection, not a reset.
+        assert!(
+            found
+                .iter()
+                .any(|(w, l)| *w == "OPEN" && l.contains("(doctor target): connected")),
+            "{report}"
+        );
+    }
+
+    // Repaired by the reconcile loop: clean again.
+    let took = wait_for_repair();
+    println!(
+        "the table was back {} ms after the doctor's report",
+        took.as_millis()
+    );
+    let (healthy, report) = doctor(&hivectl, &admin);
+    assert!(healthy, "still failing after the repair:\n{report}");
 
     dev.sigterm_and_expect_gone(&leaders);
 }

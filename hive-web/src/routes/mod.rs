@@ -92,6 +92,7 @@ pub fn response_name(r: &OperatorResponse) -> &'static str {
         OperatorResponse::Proposed(_) => "Proposed",
         OperatorResponse::ConfigLog(_) => "ConfigLog",
         OperatorResponse::Reverted { .. } => "Reverted",
+        OperatorResponse::Doctor(_) => "Doctor",
     }
 }
 

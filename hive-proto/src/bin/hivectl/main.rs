@@ -137,6 +137,11 @@ enum Cmd {
         #[command(subcommand)]
         action: SecretCmd,
     },
+    /// Check the live host: socket modes and owners, the gateway's uid and
+    /// capabilities, the hive's nftables table, and probes from inside each
+    /// running agent's container (`blocked` or `OPEN`). One line per check;
+    /// exit 1 when any line is not `ok` or `blocked`.
+    Doctor,
     /// Print the audit log, or verify its hash chain (`audit verify`).
     Audit {
         #[command(subcommand)]
@@ -368,6 +373,17 @@ async fn run(cli: Cli) -> Result<()> {
         },
         Cmd::Config { action } => config(&client, json, action).await?,
         Cmd::Secret { action } => secret(&client, json, action).await?,
+        Cmd::Doctor => match client.call(AdminRequest::Doctor).await? {
+            OperatorResponse::Doctor(report) => {
+                print(json, &report, render::doctor)?;
+                if !report.healthy() {
+                    // The lines above say what; the status says it too.
+                    let _ = std::io::stdout().flush();
+                    std::process::exit(1);
+                }
+            }
+            other => return unexpected(other),
+        },
         Cmd::Events { .. } => unreachable!("handled above"),
     }
     Ok(())

@@ -364,6 +364,45 @@ fn describe(e: &Event) -> String {
     }
 }
 
+/// `hivectl doctor`: one line per check — the verdict word, what was
+/// checked, what was found (and for a problem, how to fix it) — then a
+/// summary line.
+pub fn doctor(report: &hive_proto::doctor::DoctorReport) -> String {
+    use hive_proto::doctor::Verdict;
+    let mut out = String::new();
+    for c in &report.checks {
+        let found = match &c.verdict {
+            Verdict::Ok { detail } => detail.clone(),
+            Verdict::Wrong { what, fix } => format!("{what}; fix: {fix}"),
+            Verdict::Blocked { how } | Verdict::Open { how } => how.clone(),
+        };
+        out.push_str(&format!(
+            "{:<7}  {}: {}\n",
+            c.verdict.word(),
+            clean(&c.subject),
+            clean(&found)
+        ));
+    }
+    match report.problems() {
+        0 => out.push_str(&format!(
+            "all {} checks ok or blocked\n",
+            report.checks.len()
+        )),
+        n => {
+            let open = report
+                .checks
+                .iter()
+                .filter(|c| matches!(c.verdict, Verdict::Open { .. }))
+                .count();
+            out.push_str(&format!(
+                "{n} of {} checks found a problem ({open} OPEN)\n",
+                report.checks.len()
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -377,6 +416,62 @@ mod tests {
 
     fn name(s: &str) -> AgentName {
         AgentName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_doctor_report_is_one_line_per_check_with_the_fix_and_a_summary() {
+        use hive_proto::doctor::{DoctorCheck, DoctorReport, Verdict};
+        let line = |subject: &str, verdict| DoctorCheck {
+            subject: subject.into(),
+            verdict,
+        };
+        let mut report = DoctorReport {
+            checks: vec![
+                line(
+                    "admin.sock /run/hyperhive/admin.sock",
+                    Verdict::Ok {
+                        detail: "0660 root:hive-admin".into(),
+                    },
+                ),
+                line(
+                    "probe alice -> 10.213.0.1:8080 (host address on ve-h-alice, gateway port)",
+                    Verdict::Blocked {
+                        how: "no answer within 1000 ms".into(),
+                    },
+                ),
+            ],
+        };
+        check(
+            doctor(&report),
+            expect![[r#"
+                ok       admin.sock /run/hyperhive/admin.sock: 0660 root:hive-admin
+                blocked  probe alice -> 10.213.0.1:8080 (host address on ve-h-alice, gateway port): no answer within 1000 ms
+                all 2 checks ok or blocked
+            "#]],
+        );
+        report.checks.push(line(
+            "web.sock /run/hyperhive/web.sock",
+            Verdict::Wrong {
+                what: "mode 0666, want 0660".into(),
+                fix: "chmod 0660 /run/hyperhive/web.sock".into(),
+            },
+        ));
+        report.checks.push(line(
+            "probe alice -> [fd68:6976:6500:1::2]:8080 (agent bob)",
+            Verdict::Open {
+                how: "refused by the far end, so the packet got there\n\u{1b}[2J".into(),
+            },
+        ));
+        check(
+            doctor(&report),
+            expect![[r#"
+                ok       admin.sock /run/hyperhive/admin.sock: 0660 root:hive-admin
+                blocked  probe alice -> 10.213.0.1:8080 (host address on ve-h-alice, gateway port): no answer within 1000 ms
+                WRONG    web.sock /run/hyperhive/web.sock: mode 0666, want 0660; fix: chmod 0660 /run/hyperhive/web.sock
+                OPEN     probe alice -> [fd68:6976:6500:1::2]:8080 (agent bob): refused by the far end, so the packet got there\n\u{1b}[2J
+                2 of 4 checks found a problem (1 OPEN)
+            "#]],
+        );
     }
 
     #[test]
