@@ -71,6 +71,9 @@ pub struct RawConfig {
     pub stop_timeout: Option<u64>,
     /// Where container runtimes take each agent's uid range from.
     pub uid_pool: Option<RawUidPool>,
+    /// `[nixos_container]`: the tools and conf dir of the `nixos-container`
+    /// runtime.
+    pub nixos_container: Option<RawNixosContainer>,
     /// Days acknowledged messages to agents are kept; 0 keeps them forever.
     pub message_retention_days: Option<u64>,
     /// Days acknowledged messages in the operator's mailbox are kept; 0
@@ -101,6 +104,42 @@ pub struct RawNetwork {
     /// `ADDR:PORT` targets in private ranges that `hivectl doctor` probes
     /// from inside each running agent (a LAN host, a tailnet peer).
     pub doctor_targets: Option<Vec<String>>,
+}
+
+/// The `[nixos_container]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNixosContainer {
+    /// The `nixos-container` program (a bare name is looked up on `PATH`).
+    pub nixos_container: Option<PathBuf>,
+    /// The `machinectl` program (a bare name is looked up on `PATH`).
+    pub machinectl: Option<PathBuf>,
+    /// Where `nixos-container` keeps `<container>.conf`.
+    pub conf_dir: Option<PathBuf>,
+}
+
+/// The `nixos-container` runtime's tools, validated: each program a bare
+/// name (looked up on `PATH` when run) or an absolute path; the conf dir
+/// absolute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NixosContainerConfig {
+    pub nixos_container: PathBuf,
+    pub machinectl: PathBuf,
+    pub conf_dir: PathBuf,
+}
+
+/// Where NixOS (state version 22.05 and later) keeps imperative containers'
+/// `<name>.conf`.
+pub const DEFAULT_NIXOS_CONTAINER_CONF_DIR: &str = "/etc/nixos-containers";
+
+impl Default for NixosContainerConfig {
+    fn default() -> Self {
+        Self {
+            nixos_container: PathBuf::from("nixos-container"),
+            machinectl: PathBuf::from("machinectl"),
+            conf_dir: PathBuf::from(DEFAULT_NIXOS_CONTAINER_CONF_DIR),
+        }
+    }
 }
 
 /// `[restart]`: the backoff and the cap for `restart = "on-failure"`.
@@ -255,6 +294,9 @@ pub enum RuntimeKind {
     Detached,
     /// `systemd-nspawn` containers driven directly (DESIGN §5).
     Nspawn,
+    /// `nixos-container` (NixOS's `container@.service`), production on
+    /// NixOS (DESIGN §5).
+    NixosContainer,
 }
 
 impl RuntimeKind {
@@ -264,6 +306,7 @@ impl RuntimeKind {
             Self::Process => "process",
             Self::Detached => "detached",
             Self::Nspawn => "nspawn",
+            Self::NixosContainer => "nixos-container",
         }
     }
 }
@@ -312,7 +355,7 @@ impl RuntimeKind {
     pub fn private_network(self) -> bool {
         match self {
             Self::Process | Self::Detached => false,
-            Self::Nspawn => true,
+            Self::Nspawn | Self::NixosContainer => true,
         }
     }
 }
@@ -632,6 +675,8 @@ pub struct Config {
     /// Between a stop's SIGTERM and its SIGKILL.
     pub stop_timeout: std::time::Duration,
     pub uid_pool: UidPool,
+    /// The `nixos-container` runtime's tools (defaults under other runtimes).
+    pub nixos_container: NixosContainerConfig,
     /// Acknowledged messages to agents older than this are pruned (`None`:
     /// kept forever).
     pub message_retention: Option<std::time::Duration>,
@@ -663,12 +708,14 @@ impl Config {
             "process" => RuntimeKind::Process,
             "detached" | "none" => RuntimeKind::Detached,
             "nspawn" => RuntimeKind::Nspawn,
+            "nixos-container" => RuntimeKind::NixosContainer,
             other => {
                 return Err(format!(
-                    "runtime {other:?} is not available (choose nspawn, process or detached)"
+                    "runtime {other:?} is not available (choose nixos-container, nspawn, process or detached)"
                 ))
             }
         };
+        let nixos_container = validate_nixos_container(raw.nixos_container.unwrap_or_default())?;
         let stop_timeout = raw.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT_S);
         if !(1..=MAX_STOP_TIMEOUT_S).contains(&stop_timeout) {
             return Err(format!(
@@ -724,6 +771,7 @@ impl Config {
             restart: validate_restart(raw.restart.unwrap_or_default())?,
             stop_timeout: std::time::Duration::from_secs(stop_timeout),
             uid_pool,
+            nixos_container,
             message_retention,
             operator_message_retention,
             agents,
@@ -975,6 +1023,36 @@ fn validate_quotas(raw: &RawQuotas, q: &mut Quotas) -> Result<(), String> {
 /// `[uid_pool]`: `start` a multiple of [`UID_RANGE_SIZE`] and at least one
 /// range (uid 0's range is the host's own), at least one range, and the
 /// last uid below 2^32 - 1 (`(uid_t)-1` means "no uid").
+fn validate_nixos_container(raw: RawNixosContainer) -> Result<NixosContainerConfig, String> {
+    let d = NixosContainerConfig::default();
+    let program = |key: &str, v: Option<PathBuf>, default: PathBuf| -> Result<PathBuf, String> {
+        let p = v.unwrap_or(default);
+        let text = p.to_str().unwrap_or("");
+        let bare = !text.is_empty() && !text.contains('/');
+        if !(bare || p.is_absolute()) || text.chars().any(|c| c.is_control()) {
+            return Err(format!(
+                "nixos_container.{key} {p:?} must be a program name (looked up on PATH) or an absolute path"
+            ));
+        }
+        Ok(p)
+    };
+    let conf_dir = raw.conf_dir.unwrap_or(d.conf_dir);
+    if !conf_dir.is_absolute()
+        || conf_dir
+            .to_str()
+            .is_none_or(|t| t.chars().any(|c| c.is_control()))
+    {
+        return Err(format!(
+            "nixos_container.conf_dir {conf_dir:?} must be an absolute path"
+        ));
+    }
+    Ok(NixosContainerConfig {
+        nixos_container: program("nixos_container", raw.nixos_container, d.nixos_container)?,
+        machinectl: program("machinectl", raw.machinectl, d.machinectl)?,
+        conf_dir,
+    })
+}
+
 fn validate_uid_pool(raw: RawUidPool) -> Result<UidPool, String> {
     let size = u64::from(UID_RANGE_SIZE);
     let start = raw.start.unwrap_or(u64::from(DEFAULT_UID_POOL_START));
@@ -1084,6 +1162,43 @@ mod tests {
         assert_eq!(n.runtime, RuntimeKind::Nspawn);
         assert_eq!(n.stop_timeout, std::time::Duration::from_secs(3));
         assert_eq!((n.uid_pool.base(0), n.uid_pool.base(1)), (131072, 196608));
+        assert_eq!(n.nixos_container, NixosContainerConfig::default());
+    }
+
+    #[test]
+    fn the_nixos_container_runtime_and_its_tools_are_validated() {
+        let c = parse(
+            "runtime = \"nixos-container\"\n[nixos_container]\nnixos_container = \"/run/current-system/sw/bin/nixos-container\"\nconf_dir = \"/tmp/nc\"",
+        )
+        .unwrap();
+        assert_eq!(c.runtime, RuntimeKind::NixosContainer);
+        assert!(c.runtime.private_network());
+        assert_eq!(c.runtime.name(), "nixos-container");
+        assert_eq!(
+            c.nixos_container,
+            NixosContainerConfig {
+                nixos_container: "/run/current-system/sw/bin/nixos-container".into(),
+                machinectl: "machinectl".into(),
+                conf_dir: "/tmp/nc".into(),
+            }
+        );
+        for (bad, key) in [
+            (
+                "nixos_container = \"bin/nixos-container\"",
+                "nixos_container.nixos_container",
+            ),
+            ("machinectl = \"\"", "nixos_container.machinectl"),
+            (
+                "conf_dir = \"etc/nixos-containers\"",
+                "nixos_container.conf_dir",
+            ),
+        ] {
+            let err = parse(&format!("[nixos_container]\n{bad}")).unwrap_err();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        assert!(parse("[nixos_container]\nbogus = 1")
+            .unwrap_err()
+            .contains("bogus"));
     }
 
     #[test]

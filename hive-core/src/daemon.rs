@@ -35,6 +35,7 @@ use crate::hive::Hive;
 use crate::isolation::{Isolation, IsolationError};
 use crate::operator_socket::{self, AdminEndpoint, WebEndpoint, OPERATOR_SOCKET_MODE};
 use crate::peer::{self, PeerError};
+use crate::runtime::nixos_container::{NixosContainerRuntime, NixosContainerSettings};
 use crate::runtime::nspawn::{NspawnRuntime, NspawnSettings, NspawnUnavailable};
 use crate::runtime::process::{ProcessRuntime, ProcessSettings, STOP_GRACE};
 use crate::runtime::{AgentSpec, DetachedRuntime, Runtime, RuntimeError};
@@ -355,7 +356,8 @@ async fn notify_systemd(state: NotifyState<'static>) {
 }
 
 /// The runtime the config names. Under `process` and `nspawn`, every agent
-/// needs a `command`.
+/// needs a `command`; under `nixos-container` the container's flake config
+/// runs the agent, so none is needed.
 pub fn runtime_from_config(
     config: &Config,
     hide: Vec<PathBuf>,
@@ -389,6 +391,34 @@ pub fn runtime_from_config(
             },
             store.clone(),
         )?)),
+        RuntimeKind::NixosContainer => {
+            let agents = config
+                .agents
+                .iter()
+                .map(|(name, policy)| {
+                    let spec = AgentSpec::from_config(config, name, policy).unwrap_or(AgentSpec {
+                        command: Vec::new(),
+                        env: policy.env.clone(),
+                        limits: policy.limits,
+                        ro_binds: Vec::new(),
+                        socket_dir: config.agent_socket_dir(name),
+                        state_dir: config.agent_state_dir(name),
+                    });
+                    (name.clone(), spec)
+                })
+                .collect();
+            Ok(Arc::new(NixosContainerRuntime::new(
+                NixosContainerSettings {
+                    agents,
+                    state_dir: config.state_dir.clone(),
+                    stop_timeout: config.stop_timeout,
+                    uid_pool: config.uid_pool,
+                    tools: config.nixos_container.clone(),
+                    isolation,
+                },
+                store.clone(),
+            )))
+        }
         RuntimeKind::Process => {
             // Process agents share the host's network: nothing to attach.
             let _ = isolation;

@@ -262,6 +262,7 @@ pub async fn run(opts: DevOptions, signal: impl Future<Output = ()>) -> Result<(
         restart: crate::config::RestartSettings::default(),
         stop_timeout: std::time::Duration::from_secs(crate::config::DEFAULT_STOP_TIMEOUT_S),
         uid_pool: Default::default(),
+        nixos_container: Default::default(),
         message_retention: Some(std::time::Duration::from_secs(
             crate::config::DEFAULT_MESSAGE_RETENTION_DAYS * 24 * 3600,
         )),

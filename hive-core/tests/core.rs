@@ -26,6 +26,10 @@
 //!   socket only, uid ranges, lifecycle, crash seen at once and handled per
 //!   restart policy (manager told, on-failure up to its cap, never), idle
 //!   stop and wake, adoption, OOM, destroy --purge.
+//! - `nixos_container`: the nixos-container runtime against a recording
+//!   stand-in for `nixos-container` and `machinectl`: every argv of create,
+//!   start, stop, restart, rebuild (update), destroy, the short name of a
+//!   31-character agent, a crash seen, adoption by a restarted daemon.
 //! - `clis`: `hivectl` and `hive-agent` as real processes against the core.
 //! - `config_clis`: `hive-agent propose-config|request-spawn` and `hivectl
 //!   approvals|approve|deny|config …` as real processes; refusals on one
@@ -80,6 +84,8 @@ mod isolation;
 mod isolation_nspawn;
 #[path = "core/mcp.rs"]
 mod mcp;
+#[path = "core/nixos_container.rs"]
+mod nixos_container;
 #[path = "core/operator.rs"]
 mod operator;
 #[path = "core/secrets.rs"]

@@ -193,6 +193,13 @@ pub struct AgentRow<'a> {
     /// The config repo's `main`, shortened like `deployed_sha`.
     pub main_sha: &'a str,
     pub needs_update: bool,
+    /// Its container (`h-<name>`, shortened stably past 8 characters), or
+    /// "—" under a runtime without containers.
+    pub container: &'a str,
+    /// The host uids its user namespace maps onto, `base–last`, or "—".
+    pub uid_range: String,
+    /// Its container's init on the host while it runs, or "—".
+    pub leader_pid: String,
 }
 
 impl<'a> From<&'a AgentSummary> for AgentRow<'a> {
@@ -207,6 +214,11 @@ impl<'a> From<&'a AgentSummary> for AgentRow<'a> {
             deployed_sha: short_sha(a.deployed_sha.as_deref()),
             main_sha: short_sha(a.main_sha.as_deref()),
             needs_update: a.needs_update,
+            container: a.container.as_deref().unwrap_or("—"),
+            uid_range: a.uid_range.map_or("—".into(), |r| {
+                format!("{}–{}", r.base, r.base + (r.count - 1))
+            }),
+            leader_pid: a.leader_pid.map_or("—".into(), |p| p.to_string()),
         }
     }
 }

@@ -374,6 +374,39 @@ async fn an_agent_page_lists_the_names_of_its_own_secrets_only() {
 }
 
 #[tokio::test]
+async fn an_agent_page_shows_its_short_container_name_uid_range_and_leader() {
+    let app = TestApp::new();
+    {
+        let mut st = app.core.state.lock().unwrap();
+        let alice = st
+            .agents
+            .iter_mut()
+            .find(|a| a.name.as_str() == "alice")
+            .unwrap();
+        // What the core reports for a 31-character agent's container.
+        alice.container = Some("h-nx-l6kba5".into());
+        alice.uid_range = Some(hive_proto::view::UidRange {
+            base: 1_048_576,
+            count: 65_536,
+        });
+        alice.leader_pid = Some(4242);
+    }
+    let b = app.login().await;
+    let r = app.get(&b, "/agent/alice/").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    for want in [
+        "id=\"container\">h-nx-l6kba5</dd>",
+        "id=\"uid-range\">1048576–1114111</dd>",
+        "id=\"leader-pid\">4242</dd>",
+    ] {
+        assert!(r.body.contains(want), "{want} not in\n{}", r.body);
+    }
+    // Without a container runtime the rows say so.
+    let r = app.get(&b, "/agent/bob/").await;
+    assert!(r.body.contains("id=\"container\">—</dd>"), "{}", r.body);
+}
+
+#[tokio::test]
 async fn an_agent_page_shows_the_config_at_both_revisions_escaped_with_needs_update() {
     use hive_proto::operator::ConfigRev;
     let app = TestApp::new();

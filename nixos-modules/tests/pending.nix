@@ -5,5 +5,4 @@
 # test prints that it can leave this list. A key the core refuses that is not
 # listed here fails the test: that is drift between module and parser.
 [
-  { path = [ "runtime" ]; awaits = "issue 7 (containers): the nixos-container runtime (nspawn is accepted)"; }
 ]

@@ -7,10 +7,14 @@
 //! the v1 freezer) and counts its OOM kills (`memory.events` or
 //! `memory.oom_control`).
 //!
-//! Agent cgroups live below the daemon's own cgroup in each hierarchy,
-//! `<own>/hyperhive/<container>/`, so whatever limits the host puts on the
-//! daemon also bound its agents. This module must never touch a cgroup
-//! outside that subtree, and never write into one it did not create.
+//! Agent cgroups of the `nspawn` runtime live below the daemon's own cgroup
+//! in each hierarchy, `<own>/hyperhive/<container>/`, so whatever limits
+//! the host puts on the daemon also bound its agents. A `nixos-container`
+//! lives in the cgroup systemd gives `container@<c>.service`; the runtime
+//! finds it from the container's init ([`AgentCgroup::of_process`]) and only
+//! freezes it, reads its OOM count and sets its limits. This module must
+//! never touch a cgroup outside those, and never create or remove one it
+//! was not asked to.
 
 use std::fs;
 use std::io;
@@ -74,17 +78,7 @@ impl Layout {
     }
 
     fn detect_at(mount: &Path, self_cgroup: &str) -> io::Result<Self> {
-        let own = |want: Option<&str>| -> Option<String> {
-            self_cgroup.lines().find_map(|l| {
-                let mut parts = l.splitn(3, ':');
-                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let hit = match want {
-                    None => ctrls.is_empty(),
-                    Some(c) => ctrls.split(',').any(|x| x == c),
-                };
-                hit.then(|| path.trim_start_matches('/').to_owned())
-            })
-        };
+        let own = |want: Option<&str>| cgroup_path(self_cgroup, want);
         if mount.join("cgroup.controllers").exists() {
             let own = own(None).unwrap_or_default();
             return Ok(Self::V2 {
@@ -152,23 +146,97 @@ impl Layout {
                 }
             }
         }
-        cg.freezer = if cg
-            .v2
-            .as_ref()
-            .is_some_and(|d| d.join("cgroup.freeze").exists())
-        {
-            Some(Freezer::V2)
-        } else if cg.freezer_v1.is_some() {
-            Some(Freezer::V1)
-        } else {
-            None
-        };
+        cg.freezer = cg.pick_freezer();
         cg.apply_limits(limits)?;
         Ok(cg)
     }
 }
 
 impl AgentCgroup {
+    /// The cgroup `pid` is in now, in each hierarchy the host has (its v2
+    /// one first), read from `/proc/<pid>/cgroup`: what systemd made for a
+    /// unit. The caller checks it is the one it expects.
+    pub fn of_process(pid: i32) -> io::Result<Self> {
+        let own = fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        Self::of_process_at(Path::new("/sys/fs/cgroup"), &own)
+    }
+
+    fn of_process_at(mount: &Path, proc_cgroup: &str) -> io::Result<Self> {
+        let path_of = |want: Option<&str>| cgroup_path(proc_cgroup, want);
+        let mut cg = AgentCgroup {
+            dirs: Vec::new(),
+            v2: None,
+            memory_v1: None,
+            cpu_v1: None,
+            freezer_v1: None,
+            freezer: None,
+        };
+        let v2_mount = if mount.join("cgroup.controllers").exists() {
+            Some(mount.to_owned())
+        } else {
+            let u = mount.join("unified");
+            u.join("cgroup.procs").exists().then_some(u)
+        };
+        if let (Some(m), Some(p)) = (v2_mount, path_of(None)) {
+            let dir = m.join(p);
+            cg.dirs.push(dir.clone());
+            cg.v2 = Some(dir);
+        }
+        if !mount.join("cgroup.controllers").exists() {
+            for &c in V1_CONTROLLERS {
+                if let Some(p) = path_of(Some(c)).filter(|_| mount.join(c).is_dir()) {
+                    let dir = mount.join(c).join(p);
+                    cg.dirs.push(dir.clone());
+                    match c {
+                        "memory" => cg.memory_v1 = Some(dir),
+                        "cpu" => cg.cpu_v1 = Some(dir),
+                        "freezer" => cg.freezer_v1 = Some(dir),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if cg.dirs.is_empty() {
+            return Err(io::Error::other(format!(
+                "no cgroup of the process under {}",
+                mount.display()
+            )));
+        }
+        cg.freezer = cg.pick_freezer();
+        Ok(cg)
+    }
+
+    fn pick_freezer(&self) -> Option<Freezer> {
+        if self
+            .v2
+            .as_ref()
+            .is_some_and(|d| d.join("cgroup.freeze").exists())
+        {
+            Some(Freezer::V2)
+        } else if self.freezer_v1.is_some() {
+            Some(Freezer::V1)
+        } else {
+            None
+        }
+    }
+
+    /// Whether it is frozen now (`pause` that outlived a daemon).
+    pub fn is_frozen(&self) -> bool {
+        let read = |p: PathBuf| fs::read_to_string(p).unwrap_or_default();
+        match self.freezer {
+            Some(Freezer::V2) => self.v2.as_ref().is_some_and(|d| {
+                read(d.join("cgroup.events"))
+                    .lines()
+                    .any(|l| l == "frozen 1")
+            }),
+            Some(Freezer::V1) => self
+                .freezer_v1
+                .as_ref()
+                .is_some_and(|d| read(d.join("freezer.state")).trim() == "FROZEN"),
+            None => false,
+        }
+    }
+
     /// The `cgroup.procs` files a process must write itself into to join.
     pub fn procs_files(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
@@ -291,6 +359,21 @@ impl AgentCgroup {
     }
 }
 
+/// A process's path (no leading `/`) in the v2 hierarchy (`want` `None`)
+/// or in the v1 hierarchy of controller `want`, from its
+/// `/proc/<pid>/cgroup`.
+fn cgroup_path(proc_cgroup: &str, want: Option<&str>) -> Option<String> {
+    proc_cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = match want {
+            None => ctrls.is_empty(),
+            Some(c) => ctrls.split(',').any(|x| x == c),
+        };
+        hit.then(|| path.trim_start_matches('/').to_owned())
+    })
+}
+
 fn remove_tree(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
         for e in entries.flatten() {
@@ -351,6 +434,39 @@ fn write(file: &Path, value: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_process_cgroup_is_found_on_both_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        for c in ["freezer", "unified"] {
+            fs::create_dir_all(m.join(c)).unwrap();
+            fs::write(m.join(c).join("cgroup.procs"), "").unwrap();
+        }
+        let own = "6:freezer:/machine.slice/container@h-a.service\n0::/machine.slice/container@h-a.service/payload\n";
+        let cg = AgentCgroup::of_process_at(m, own).unwrap();
+        let v2 = m.join("unified/machine.slice/container@h-a.service/payload");
+        assert_eq!(cg.v2.as_deref(), Some(v2.as_path()));
+        assert_eq!(
+            cg.freezer_v1.as_deref(),
+            Some(
+                m.join("freezer/machine.slice/container@h-a.service")
+                    .as_path()
+            )
+        );
+        assert_eq!(cg.freezer, Some(Freezer::V1));
+        assert!(!cg.is_frozen());
+        let pure = tempfile::tempdir().unwrap();
+        fs::write(pure.path().join("cgroup.controllers"), "cpu memory").unwrap();
+        let cg =
+            AgentCgroup::of_process_at(pure.path(), "0::/machine.slice/container@h-a.service\n")
+                .unwrap();
+        assert_eq!(
+            cg.dirs,
+            vec![pure.path().join("machine.slice/container@h-a.service")]
+        );
+        assert!(AgentCgroup::of_process_at(pure.path(), "").is_err());
+    }
 
     #[test]
     fn the_layout_is_read_for_both_v1_hybrid_and_pure_v2() {

@@ -9,6 +9,11 @@
 //!   SIGKILL); also how `dev` runs `hive-web`.
 //! - [`journal`]: the bounded journal of what an agent wrote.
 //! - [`process`]: the `process` backend (bubblewrap, development only).
+//! - [`nspawn`]: `systemd-nspawn` driven directly; [`nixos_container`]:
+//!   NixOS's `nixos-container` (production on NixOS). What the two share:
+//!   [`slots`] (the agent table and its transitions), [`agent_dirs`],
+//!   [`cgroup`] (limits, freezer, OOM count), [`pidfd`] (crash watch),
+//!   [`purge`], [`container_name`].
 //! - [`DetachedRuntime`]: nothing is started; agents attach by hand.
 //!
 //! Agents come and go at run time ([`Runtime::set_agent`],
@@ -23,13 +28,16 @@
 //! decides whether a crashed agent is restarted (that is the supervision
 //! layer's policy).
 
+pub mod agent_dirs;
 pub mod cgroup;
 pub mod container_name;
 pub mod journal;
+pub mod nixos_container;
 pub mod nspawn;
 pub mod pidfd;
 pub mod process;
 pub mod purge;
+pub mod slots;
 pub mod supervise;
 
 use std::collections::BTreeMap;
@@ -302,6 +310,15 @@ pub enum RuntimeError {
         agent: AgentName,
         source: SecretError,
     },
+    /// A container tool (`nixos-container`, `machinectl`) failed.
+    #[error("agent {agent}: `{command}` failed ({status}): {detail}")]
+    Tool {
+        agent: AgentName,
+        command: String,
+        status: String,
+        /// Its last line of output, or why it could not run.
+        detail: String,
+    },
     #[error("agent {agent}: refusing to purge {path}: {why}")]
     PurgeRefused {
         agent: AgentName,
@@ -311,6 +328,61 @@ pub enum RuntimeError {
 }
 
 impl RuntimeError {
+    /// The store refused or failed while recording something for `agent`.
+    pub fn from_store(agent: &AgentName, e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Refused { code, message } => Self::Refused {
+                agent: agent.clone(),
+                code,
+                message,
+            },
+            other => Self::Io {
+                agent: agent.clone(),
+                what: "recording in the store",
+                path: PathBuf::from("hive.db"),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+
+    /// A purge of `agent`'s dirs refused or failed.
+    pub fn from_purge(agent: &AgentName, e: purge::PurgeError) -> Self {
+        use purge::PurgeError as P;
+        let refused = |path, why| Self::PurgeRefused {
+            agent: agent.clone(),
+            path,
+            why,
+        };
+        match e {
+            P::Symlink { path } => refused(path, "it is a symlink"),
+            P::MountPoint { path } => refused(path, "it is a mount point"),
+            P::NotADirectory { path } => refused(path, "it is not a directory"),
+            P::TooDeep { path } => refused(path, "it is nested too deep"),
+            P::Io { path, source } => Self::Io {
+                agent: agent.clone(),
+                what: "purging",
+                path,
+                source,
+            },
+        }
+    }
+
+    /// An I/O failure of `what` on `path`, for `map_err`.
+    pub fn io(
+        agent: &AgentName,
+        what: &'static str,
+        path: &std::path::Path,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        let agent = agent.clone();
+        let path = path.to_owned();
+        move |source| Self::Io {
+            agent,
+            what,
+            path,
+            source,
+        }
+    }
+
     fn unsupported(runtime: &'static str, action: &'static str) -> Self {
         Self::Unsupported {
             runtime,
@@ -331,6 +403,7 @@ impl From<RuntimeError> for Refusal {
             RuntimeError::Refused { code, .. } => *code,
             RuntimeError::Isolation { .. } => ErrorCode::Unavailable,
             RuntimeError::Spawn { .. }
+            | RuntimeError::Tool { .. }
             | RuntimeError::Signal { .. }
             | RuntimeError::Io { .. }
             | RuntimeError::Secrets { .. } => {

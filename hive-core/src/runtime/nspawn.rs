@@ -33,14 +33,14 @@
 //! This module must never touch another agent's dirs, cgroup or processes,
 //! and never signal a pid it has not pinned with a pidfd.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -51,14 +51,13 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::{broadcast, watch};
 
+use super::agent_dirs::{self, own_dir};
 use super::cgroup::{AgentCgroup, Layout};
-use super::container_name::container_name;
 use super::journal;
 use super::pidfd::{self, PidFd, ProcIdentity};
-use super::purge;
+use super::slots::{Run, Slots};
 use super::{
-    AgentSpec, AgentView, ExitFeed, ExitReason, Runtime, RuntimeError, RuntimeExit, UidRange,
-    EXIT_TAIL_LINES,
+    AgentSpec, AgentView, ExitFeed, ExitReason, Runtime, RuntimeError, RuntimeExit, EXIT_TAIL_LINES,
 };
 use crate::config::{UidPool, UID_RANGE_SIZE};
 use crate::secrets::SecretStore;
@@ -125,30 +124,8 @@ struct Shared {
     layout: Layout,
     host: HostRoot,
     store: Store,
-    slots: Mutex<HashMap<AgentName, Slot>>,
+    slots: Slots<Running>,
     exits: ExitFeed,
-}
-
-struct Slot {
-    spec: AgentSpec,
-    container: String,
-    state: RunState,
-    uid_base: Option<u32>,
-    run: Option<Arc<Running>>,
-    crash: Option<ExitReason>,
-}
-
-impl Slot {
-    fn new(agent: &AgentName, spec: AgentSpec) -> Self {
-        Self {
-            spec,
-            container: container_name(agent),
-            state: RunState::Stopped,
-            uid_base: None,
-            run: None,
-            crash: None,
-        }
-    }
 }
 
 /// What is kept in the store about a running container, to adopt it.
@@ -169,6 +146,20 @@ struct Running {
     stopping: AtomicBool,
     paused: AtomicBool,
     ended: watch::Sender<bool>,
+}
+
+impl Run for Running {
+    fn leader_pid(&self) -> u32 {
+        self.record.leader.pid as u32
+    }
+
+    fn cgroup(&self) -> &AgentCgroup {
+        &self.record.cgroup
+    }
+
+    fn paused(&self) -> &AtomicBool {
+        &self.paused
+    }
 }
 
 /// What the host offers a container root.
@@ -267,11 +258,7 @@ impl NspawnRuntime {
     pub fn new(settings: NspawnSettings, store: Store) -> Result<Self, NspawnUnavailable> {
         let nspawn = find_nspawn().ok_or(NspawnUnavailable::NotInstalled)?;
         let layout = Layout::detect().map_err(NspawnUnavailable::NoCgroups)?;
-        let slots = settings
-            .agents
-            .iter()
-            .map(|(name, spec)| (name.clone(), Slot::new(name, spec.clone())))
-            .collect();
+        let slots = Slots::new(&settings.agents);
         Ok(Self {
             shared: Arc::new(Shared {
                 settings,
@@ -279,7 +266,7 @@ impl NspawnRuntime {
                 layout,
                 host: HostRoot::detect(),
                 store,
-                slots: Mutex::new(slots),
+                slots,
                 exits: ExitFeed::default(),
             }),
         })
@@ -312,10 +299,6 @@ impl NspawnRuntime {
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AgentName, Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn lib_dir(&self, agent: &AgentName) -> PathBuf {
         self.agents_dir().join(agent.as_str())
     }
@@ -328,41 +311,14 @@ impl Shared {
         self.lib_dir(agent).join("harness").join("journal.log")
     }
 
-    fn io_err(
-        agent: &AgentName,
-        what: &'static str,
-        path: &Path,
-    ) -> impl FnOnce(io::Error) -> RuntimeError {
-        let agent = agent.clone();
-        let path = path.to_owned();
-        move |source| RuntimeError::Io {
-            agent,
-            what,
-            path,
-            source,
-        }
-    }
-
     fn running(&self, agent: &AgentName) -> Result<Option<Arc<Running>>, RuntimeError> {
-        let slots = self.lock();
-        let slot = slots
-            .get(agent)
-            .ok_or_else(|| RuntimeError::UnknownAgent(agent.clone()))?;
-        Ok(slot.run.clone())
+        self.slots.running(agent)
     }
 
     async fn uid_base(&self, agent: &AgentName) -> Result<u32, RuntimeError> {
-        let name = agent.clone();
-        let pool = self.settings.uid_pool;
-        let base = self
-            .store
-            .write(move |tx| tx.uid_range(&name, pool))
+        self.slots
+            .uid_base(&self.store, self.settings.uid_pool, agent)
             .await
-            .map_err(|e| store_err(agent, e))?;
-        if let Some(slot) = self.lock().get_mut(agent) {
-            slot.uid_base = Some(base);
-        }
-        Ok(base)
     }
 
     async fn start(self: &Arc<Self>, agent: &AgentName) -> Result<(), RuntimeError> {
@@ -373,18 +329,7 @@ impl Shared {
                     source,
                 })?;
         }
-        let (spec, container) = {
-            let mut slots = self.lock();
-            let slot = slots
-                .get_mut(agent)
-                .ok_or_else(|| RuntimeError::UnknownAgent(agent.clone()))?;
-            if slot.run.is_some() || slot.state == RunState::Starting {
-                return Err(RuntimeError::AlreadyRunning(agent.clone()));
-            }
-            slot.state = RunState::Starting;
-            slot.crash = None;
-            (slot.spec.clone(), slot.container.clone())
-        };
+        let (spec, container) = self.slots.begin_start(agent)?;
         let store = SecretStore::new(&self.settings.state_dir);
         let launched = match spec.with_secrets(&store, agent) {
             Ok(spec) => self.launch(agent, &spec, &container).await,
@@ -392,21 +337,18 @@ impl Shared {
         };
         match launched {
             Ok((run, child)) => {
-                {
-                    let mut slots = self.lock();
-                    if let Some(slot) = slots.get_mut(agent) {
-                        slot.run = Some(Arc::clone(&run));
-                        slot.state = RunState::Running;
-                    }
-                }
+                self.slots.started(
+                    agent,
+                    Arc::clone(&run),
+                    run.record.uid_base,
+                    RunState::Running,
+                );
                 tracing::info!(agent = %agent, container, leader = run.record.leader.pid, uid_base = run.record.uid_base, "container started");
                 tokio::spawn(Arc::clone(self).watch(agent.clone(), run, Some(child), None));
                 Ok(())
             }
             Err(e) => {
-                if let Some(slot) = self.lock().get_mut(agent) {
-                    slot.state = RunState::Stopped;
-                }
+                self.slots.start_failed(agent);
                 Err(e)
             }
         }
@@ -448,7 +390,7 @@ impl Shared {
         let cgroup = self
             .layout
             .create(container, &spec.limits)
-            .map_err(Self::io_err(
+            .map_err(RuntimeError::io(
                 agent,
                 "creating its cgroup",
                 Path::new("/sys/fs/cgroup"),
@@ -461,7 +403,7 @@ impl Shared {
             .env_clear()
             .env("PATH", FHS_PATH)
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone().map_err(Self::io_err(
+            .stdout(Stdio::from(log.try_clone().map_err(RuntimeError::io(
                 agent,
                 "opening its journal",
                 &self.journal_path(agent),
@@ -598,11 +540,7 @@ impl Shared {
         let requested = run.stopping.load(Ordering::SeqCst);
         if !requested {
             // Shown at once; the reason follows when nspawn has reported.
-            if let Some(slot) = self.lock().get_mut(&agent) {
-                if slot.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, &run)) {
-                    slot.state = RunState::Crashed;
-                }
-            }
+            self.slots.mark_crashed(&agent, &run);
         }
         let code = match child {
             Some(mut c) => match tokio::time::timeout(NSPAWN_EXIT_GRACE, c.wait()).await {
@@ -642,17 +580,7 @@ impl Shared {
         {
             tracing::warn!(agent = %agent, error = %e, "could not clear the container record");
         }
-        if let Some(slot) = self.lock().get_mut(&agent) {
-            if slot.run.as_ref().is_some_and(|r| Arc::ptr_eq(r, &run)) {
-                slot.run = None;
-                slot.state = if requested {
-                    RunState::Stopped
-                } else {
-                    RunState::Crashed
-                };
-                slot.crash = (!requested).then(|| reason.clone());
-            }
-        }
+        self.slots.finished(&agent, &run, requested, &reason);
         let _ = run.ended.send(true);
         self.exits.publish(RuntimeExit {
             agent,
@@ -668,9 +596,7 @@ impl Shared {
             return Ok(());
         };
         run.stopping.store(true, Ordering::SeqCst);
-        if let Some(slot) = self.lock().get_mut(agent) {
-            slot.state = RunState::Stopping;
-        }
+        self.slots.set_running_state(agent, RunState::Stopping);
         let mut ended = run.ended.subscribe();
         if run.paused.swap(false, Ordering::SeqCst) {
             // A frozen process cannot act on SIGTERM.
@@ -702,64 +628,13 @@ impl Shared {
         Ok(())
     }
 
-    async fn set_paused(&self, agent: &AgentName, paused: bool) -> Result<(), RuntimeError> {
-        let run = self
-            .running(agent)?
-            .ok_or_else(|| RuntimeError::NotRunning(agent.clone()))?;
-        run.record
-            .cgroup
-            .set_frozen(paused)
-            .await
-            .map_err(Self::io_err(agent, "freezing", Path::new("cgroup")))?;
-        run.paused.store(paused, Ordering::SeqCst);
-        if let Some(slot) = self.lock().get_mut(agent) {
-            if slot.run.is_some() {
-                slot.state = if paused {
-                    RunState::Paused
-                } else {
-                    RunState::Running
-                };
-            }
-        }
-        Ok(())
-    }
-
     /// Removes the root (and with `purge` every dir of the agent's own).
     async fn destroy(&self, agent: &AgentName, purge: bool) -> Result<(), RuntimeError> {
         self.stop(agent).await?;
-        let lib = self.lib_dir(agent);
         let agents_dir = self.agents_dir();
-        let state_dir = self
-            .lock()
-            .get(agent)
-            .map(|s| s.spec.state_dir.clone())
-            .ok_or_else(|| RuntimeError::UnknownAgent(agent.clone()))?;
-        let name = agent.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), purge::PurgeError> {
-            if !purge {
-                return purge::remove_dir_beneath(&lib, "root");
-            }
-            purge::remove_dir_beneath(&agents_dir, name.as_str())?;
-            // A state dir configured outside the lib dir is the agent's too.
-            if !state_dir.starts_with(&lib) {
-                if let (Some(parent), Some(leaf)) = (state_dir.parent(), state_dir.file_name()) {
-                    purge::remove_dir_beneath(parent, &leaf.to_string_lossy())?;
-                }
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| RuntimeError::Io {
-            agent: agent.clone(),
-            what: "purging",
-            path: self.lib_dir(agent),
-            source: io::Error::other(e),
-        })?
-        .map_err(|e| purge_err(agent, e))?;
-        if let Some(slot) = self.lock().get_mut(agent) {
-            slot.state = RunState::Stopped;
-            slot.crash = None;
-        }
+        let state_dir = self.slots.spec(agent)?.0.state_dir;
+        agent_dirs::destroy(agent, agents_dir, state_dir, purge, Some("root")).await?;
+        self.slots.destroyed(agent);
         tracing::info!(agent = %agent, purge, "container destroyed");
         Ok(())
     }
@@ -777,7 +652,7 @@ impl Shared {
         };
         let mut adopted = Vec::new();
         for (agent, json) in records {
-            if self.lock().get(&agent).is_none_or(|s| s.run.is_some()) {
+            if self.slots.running(&agent).map_or(true, |r| r.is_some()) {
                 tracing::warn!(agent = %agent, "a recorded container of an agent this hive does not run; leaving it alone");
                 continue;
             }
@@ -819,10 +694,11 @@ impl Shared {
         }
         let nspawn = record.nspawn.open().ok_or("its systemd-nspawn is gone")?;
         let socket_dir = self
-            .lock()
-            .get(agent)
-            .map(|s| s.spec.socket_dir.clone())
-            .ok_or("no such agent")?;
+            .slots
+            .spec(agent)
+            .map_err(|_| "no such agent")?
+            .0
+            .socket_dir;
         own_dir(&socket_dir, record.uid_base).map_err(|e| format!("socket dir: {e}"))?;
         if let Some(iso) = &self.settings.isolation {
             // The veth is configured already; this records it with the new
@@ -832,7 +708,7 @@ impl Shared {
                 tracing::warn!(agent = %agent, error = %e, "adopted container: network attach failed");
             }
         }
-        let frozen = record.cgroup.freezer.is_some() && is_frozen(&record.cgroup);
+        let frozen = record.cgroup.is_frozen();
         let (ended, _) = watch::channel(false);
         let run = Arc::new(Running {
             record,
@@ -841,84 +717,19 @@ impl Shared {
             paused: AtomicBool::new(frozen),
             ended,
         });
-        {
-            let mut slots = self.lock();
-            let slot = slots.get_mut(agent).ok_or("no such agent")?;
-            slot.uid_base = Some(run.record.uid_base);
-            slot.run = Some(Arc::clone(&run));
-            slot.state = if frozen {
+        self.slots.started(
+            agent,
+            Arc::clone(&run),
+            run.record.uid_base,
+            if frozen {
                 RunState::Paused
             } else {
                 RunState::Running
-            };
-        }
+            },
+        );
         tracing::info!(agent = %agent, leader = run.record.leader.pid, "adopted a running container");
         tokio::spawn(Arc::clone(self).watch(agent.clone(), run, None, Some(nspawn)));
         Ok(())
-    }
-}
-
-fn is_frozen(cg: &AgentCgroup) -> bool {
-    let read = |p: PathBuf| fs::read_to_string(p).unwrap_or_default();
-    match cg.freezer {
-        Some(super::cgroup::Freezer::V2) => cg.v2.as_ref().is_some_and(|d| {
-            read(d.join("cgroup.events"))
-                .lines()
-                .any(|l| l == "frozen 1")
-        }),
-        Some(super::cgroup::Freezer::V1) => cg
-            .freezer_v1
-            .as_ref()
-            .is_some_and(|d| read(d.join("freezer.state")).trim() == "FROZEN"),
-        None => false,
-    }
-}
-
-fn store_err(agent: &AgentName, e: crate::store::StoreError) -> RuntimeError {
-    match e {
-        crate::store::StoreError::Refused { code, message } => RuntimeError::Refused {
-            agent: agent.clone(),
-            code,
-            message,
-        },
-        other => RuntimeError::Io {
-            agent: agent.clone(),
-            what: "recording in the store",
-            path: PathBuf::from("hive.db"),
-            source: io::Error::other(other.to_string()),
-        },
-    }
-}
-
-fn purge_err(agent: &AgentName, e: purge::PurgeError) -> RuntimeError {
-    use purge::PurgeError as P;
-    match e {
-        P::Symlink { path } => RuntimeError::PurgeRefused {
-            agent: agent.clone(),
-            path,
-            why: "it is a symlink",
-        },
-        P::MountPoint { path } => RuntimeError::PurgeRefused {
-            agent: agent.clone(),
-            path,
-            why: "it is a mount point",
-        },
-        P::NotADirectory { path } => RuntimeError::PurgeRefused {
-            agent: agent.clone(),
-            path,
-            why: "it is not a directory",
-        },
-        P::TooDeep { path } => RuntimeError::PurgeRefused {
-            agent: agent.clone(),
-            path,
-            why: "it is nested too deep",
-        },
-        P::Io { path, source } => RuntimeError::Io {
-            agent: agent.clone(),
-            what: "purging",
-            path,
-            source,
-        },
     }
 }
 
@@ -1007,21 +818,14 @@ fn prepare_dirs(
     agent: &AgentName,
     container: &str,
 ) -> Result<(Vec<String>, fs::File), RuntimeError> {
-    let err = |what, path: &Path| Shared::io_err(agent, what, path);
-    for dir in [agents_dir, lib, &lib.join("harness")] {
-        mkdir_private(dir).map_err(err("creating", dir))?;
-    }
+    let err = |what, path: &Path| RuntimeError::io(agent, what, path);
+    agent_dirs::prepare(agents_dir, lib, spec, base, agent)?;
     let binds = build_root(
         &lib.join("root"),
         host,
         spec.command.first().map(String::as_str),
     )
     .map_err(err("building the root", &lib.join("root")))?;
-    if let Some(parent) = spec.state_dir.parent() {
-        fs::create_dir_all(parent).map_err(err("creating", parent))?;
-    }
-    own_dir(&spec.state_dir, base).map_err(err("preparing its state dir", &spec.state_dir))?;
-    own_dir(&spec.socket_dir, base).map_err(err("preparing its socket dir", &spec.socket_dir))?;
     let path = lib.join("harness").join("journal.log");
     let mut log = fs::OpenOptions::new()
         .create(true)
@@ -1034,30 +838,6 @@ fn prepare_dirs(
     writeln!(log, "{START_MARKER} {container} at {}", crate::now_ms())
         .map_err(err("writing its journal", &path))?;
     Ok((binds, log))
-}
-
-fn mkdir_private(dir: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::other("exists and is not a directory")),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::DirBuilder::new().mode(0o700).create(dir)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// `dir` exists, is a real directory, mode 0700, owned by the range's root
-/// (so no other range can enter it).
-fn own_dir(dir: &Path, base: u32) -> io::Result<()> {
-    mkdir_private(dir)?;
-    // Not through a symlink the agent may have planted in its place.
-    let m = fs::symlink_metadata(dir)?;
-    if !m.is_dir() {
-        return Err(io::Error::other("is not a directory"));
-    }
-    std::os::unix::fs::lchown(dir, Some(base), Some(base))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
 /// Builds (or refreshes) a container root at `root`: mount points, a
@@ -1233,11 +1013,11 @@ impl Runtime for NspawnRuntime {
     }
 
     fn pause<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(self.shared.set_paused(agent, true))
+        Box::pin(self.shared.slots.set_paused(agent, true))
     }
 
     fn resume<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
-        Box::pin(self.shared.set_paused(agent, false))
+        Box::pin(self.shared.slots.set_paused(agent, false))
     }
 
     fn rebuild<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
@@ -1261,13 +1041,7 @@ impl Runtime for NspawnRuntime {
         spec: AgentSpec,
     ) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
-            let mut slots = self.shared.lock();
-            match slots.get_mut(agent) {
-                Some(slot) => slot.spec = spec,
-                None => {
-                    slots.insert(agent.clone(), Slot::new(agent, spec));
-                }
-            }
+            self.shared.slots.set_spec(agent, spec);
             Ok(())
         })
     }
@@ -1275,7 +1049,7 @@ impl Runtime for NspawnRuntime {
     fn remove_agent<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
         Box::pin(async move {
             self.shared.stop(agent).await?;
-            self.shared.lock().remove(agent);
+            self.shared.slots.remove(agent);
             Ok(())
         })
     }
@@ -1285,58 +1059,27 @@ impl Runtime for NspawnRuntime {
     }
 
     fn state(&self, agent: &AgentName) -> RunState {
-        self.shared
-            .lock()
-            .get(agent)
-            .map(|s| s.state)
-            .unwrap_or(RunState::Unknown)
+        self.shared.slots.state(agent)
     }
 
     fn view(&self, agent: &AgentName) -> AgentView {
-        let slots = self.shared.lock();
-        let Some(slot) = slots.get(agent) else {
-            return AgentView::of_state(RunState::Unknown);
-        };
-        let mut v = AgentView::of_state(slot.state);
-        v.container = Some(slot.container.clone());
-        v.uid_range = slot.uid_base.map(|base| UidRange {
-            base,
-            count: UID_RANGE_SIZE,
-        });
-        if let Some(run) = slot
-            .run
-            .as_ref()
-            .filter(|_| slot.state != RunState::Crashed)
-        {
-            v.leader_pid = Some(run.record.leader.pid as u32);
-            v.host_veth = Some(format!("ve-{}", slot.container));
-        }
-        v.crash = slot.crash.clone();
-        v
+        self.shared.slots.view(agent)
     }
 
     fn adopt(&self) -> BoxFuture<'_, Vec<AgentName>> {
         Box::pin(async move {
             // Ranges are shown even for agents that are not running.
-            let names: Vec<AgentName> = self.shared.lock().keys().cloned().collect();
-            for name in names {
-                let n = name.clone();
-                if let Ok(Some(base)) = self.shared.store.read(move |r| r.uid_range(&n)).await {
-                    if let Some(slot) = self.shared.lock().get_mut(&name) {
-                        slot.uid_base = Some(base);
-                    }
-                }
-            }
+            self.shared.slots.load_uid_bases(&self.shared.store).await;
             self.shared.adopt().await
         })
     }
 
     fn journal(&self, agent: &AgentName, lines: u32) -> Result<Vec<String>, RuntimeError> {
-        if self.shared.lock().get(agent).is_none() {
+        if !self.shared.slots.contains(agent) {
             return Err(RuntimeError::UnknownAgent(agent.clone()));
         }
         let path = self.shared.journal_path(agent);
-        journal::tail_file(&path, lines as usize).map_err(Shared::io_err(
+        journal::tail_file(&path, lines as usize).map_err(RuntimeError::io(
             agent,
             "reading its journal",
             &path,
@@ -1344,20 +1087,12 @@ impl Runtime for NspawnRuntime {
     }
 
     fn autostart(&self) -> Vec<AgentName> {
-        let mut names: Vec<AgentName> = self.shared.lock().keys().cloned().collect();
-        names.sort();
-        names
+        self.shared.slots.names()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let running: Vec<AgentName> = self
-                .shared
-                .lock()
-                .iter()
-                .filter(|(_, s)| s.run.is_some())
-                .map(|(n, _)| n.clone())
-                .collect();
+            let running = self.shared.slots.running_names();
             if self.shared.settings.keep_running {
                 if !running.is_empty() {
                     tracing::info!(

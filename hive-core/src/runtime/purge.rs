@@ -38,6 +38,34 @@ pub enum PurgeError {
     },
 }
 
+/// `destroy` of a container backend: without `purge`, removes `lib/root`
+/// (what the core built; `None` when it builds nothing); with it, the
+/// agent's whole lib dir `agents_dir/<name>` and, when its state dir is
+/// configured outside it, that dir too. Blocking.
+pub fn destroy_agent_dirs(
+    agents_dir: &Path,
+    name: &str,
+    state_dir: &Path,
+    purge: bool,
+    built_root: Option<&str>,
+) -> Result<(), PurgeError> {
+    let lib = agents_dir.join(name);
+    if !purge {
+        return match built_root {
+            Some(leaf) => remove_dir_beneath(&lib, leaf),
+            None => Ok(()),
+        };
+    }
+    remove_dir_beneath(agents_dir, name)?;
+    // A state dir configured outside the lib dir is the agent's too.
+    if !state_dir.starts_with(&lib) {
+        if let (Some(parent), Some(leaf)) = (state_dir.parent(), state_dir.file_name()) {
+            remove_dir_beneath(parent, &leaf.to_string_lossy())?;
+        }
+    }
+    Ok(())
+}
+
 /// Removes `parent/leaf` and everything below it. `parent` must be a real
 /// directory (not a symlink) the caller trusts; `leaf` one path component.
 /// A missing `leaf` is nothing to do.

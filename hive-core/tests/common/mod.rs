@@ -105,7 +105,7 @@ impl TestHive {
         Self {
             dir,
             config_path,
-            own_netns: runtime == "nspawn",
+            own_netns: matches!(runtime, "nspawn" | "nixos-container"),
             netns: None,
             child: None,
         }

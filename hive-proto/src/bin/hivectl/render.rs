@@ -167,6 +167,17 @@ pub fn detail(d: &AgentDetail) -> String {
     kv.row(vec!["open questions".into(), s.open_questions.to_string()]);
     kv.row(vec!["deployed".into(), dash(s.deployed_sha.as_deref())]);
     kv.row(vec!["needs update".into(), s.needs_update.to_string()]);
+    kv.row(vec!["container".into(), dash(s.container.as_deref())]);
+    kv.row(vec![
+        "uid range".into(),
+        s.uid_range.map_or("-".into(), |r| {
+            format!("{}-{}", r.base, r.base + (r.count - 1))
+        }),
+    ]);
+    kv.row(vec![
+        "leader pid".into(),
+        s.leader_pid.map_or("-".into(), |p| p.to_string()),
+    ]);
     kv.row(vec!["may message".into(), d.allowed_recipients.join(", ")]);
     let mut out = kv.render();
     out.push_str("\nQUESTIONS\n");
