@@ -4,8 +4,12 @@
 //! restart it, and skip-or-fail for tests that need root or a tool.
 #![allow(dead_code)] // Each test binary uses a different subset.
 
+pub mod daemon;
+pub mod leftovers;
 pub mod netns;
 pub mod notify;
+
+pub use leftovers::kill_containers_under;
 
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
@@ -212,26 +216,8 @@ impl TestHive {
     }
 
     pub fn wait_for_admin_socket(&mut self) {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if std::os::unix::net::UnixStream::connect(self.admin_socket()).is_ok() {
-                return;
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                self.child = None;
-                panic!("hive-core exited at start ({status}):\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hive-core did not bind its sockets in time:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (sock, log) = (self.admin_socket(), self.log_path());
+        daemon::wait_until_accepting(&mut self.child, &sock, START_TIMEOUT, &log);
     }
 
     /// SIGKILL: no shutdown, no flush, no cleanup.
@@ -366,40 +352,6 @@ pub fn nspawn_available() -> bool {
         skip_or_fail("systemd-nspawn is not installed (apt-get install systemd-container)");
     }
     found
-}
-
-/// The `systemd-nspawn` processes whose container root lies under `dir`.
-pub fn containers_under(dir: &Path) -> Vec<i32> {
-    let needle = format!("--directory={}", dir.display());
-    let Ok(procs) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    procs
-        .flatten()
-        .filter_map(|p| p.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter(|pid| {
-            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-            args.first().is_some_and(|a| a.ends_with(b"systemd-nspawn"))
-                && args.iter().any(|a| a.starts_with(needle.as_bytes()))
-        })
-        .collect()
-}
-
-/// SIGKILLs every nspawn container whose root lies under `dir` (its init
-/// first, which ends the container, then nspawn): what a test leaves
-/// behind when it ends early.
-pub fn kill_containers_under(dir: &Path) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    for pid in containers_under(dir) {
-        let children =
-            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        for c in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-            let _ = kill(Pid::from_raw(c), Signal::SIGKILL);
-        }
-        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-    }
 }
 
 /// A raw JSON-lines connection to an agent socket: the test writes exact

@@ -17,12 +17,13 @@ use hive_proto::operator::{NetworkIsolation, OperatorRequest, OperatorResponse};
 use hive_proto::view::{AgentSummary, RunState};
 use hive_proto::AgentName;
 
+use crate::common::leftovers::containers_under;
 use crate::common::netns::{
     container4, container6, gateway4, gateway6, net_tools_available, Netns, Outside, PORT,
 };
 use serde_json::json;
 
-use crate::common::{containers_under, nspawn_available, sibling_bin, LineConn, TestHive};
+use crate::common::{nspawn_available, sibling_bin, LineConn, TestHive};
 
 /// nspawn, `nft`, `ip`, `nsenter` and the `hive-agent` binary.
 fn can_run() -> Option<std::path::PathBuf> {

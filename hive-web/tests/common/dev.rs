@@ -410,16 +410,35 @@ impl Gateway {
     /// Starts `hive-web` for `hive`'s core listening on `ip` (a free port),
     /// as `nobody` when root.
     pub fn start_on(hive: &DevHive, ip: &str, extra: &[&str]) -> Self {
+        Self::for_core(
+            &hive.web_sock(),
+            &hive.web_tokens_file(),
+            &hive.dir,
+            ip,
+            extra,
+        )
+    }
+
+    /// Starts `hive-web` on `web_sock` with `tokens_file`, listening on
+    /// `ip` (a free port), as `nobody` when root; its log goes to
+    /// `log_dir/web-<port>.log`.
+    pub fn for_core(
+        web_sock: &Path,
+        tokens_file: &Path,
+        log_dir: &Path,
+        ip: &str,
+        extra: &[&str],
+    ) -> Self {
         let port = free_port();
-        let log = hive.dir.join(format!("web-{port}.log"));
+        let log = log_dir.join(format!("web-{port}.log"));
         let file = fs::File::create(&log).expect("web log");
         let mut cmd = Command::new(bins().web);
         cmd.arg("--core-socket")
-            .arg(hive.web_sock())
+            .arg(web_sock)
             .arg("--listen")
             .arg(format!("{ip}:{port}"))
             .arg("--tokens-file")
-            .arg(hive.web_tokens_file())
+            .arg(tokens_file)
             .args(extra);
         if super::is_root() {
             cmd.args(["--user", "nobody"]);
@@ -435,8 +454,12 @@ impl Gateway {
         }
     }
 
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     pub fn http(&self) -> Http {
-        Http::new(&format!("http://127.0.0.1:{}", self.port))
+        Http::new(&self.base())
     }
 
     pub fn log(&self) -> String {

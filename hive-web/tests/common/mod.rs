@@ -5,8 +5,14 @@
 //! - [`oneshot`]: builds the app around the fake and sends requests to it.
 //! - [`dev`]: starts the real `hive-core dev` (and with it the real
 //!   `hive-web`) for the integration, browser and fault tests.
+//! - [`run`]: starts the real `hive-core run` on a config of the test's
+//!   own (e.g. the `nspawn` runtime, in its own netns) and a real `hive-web`
+//!   on its `web.sock`.
 //! - [`browser`]: chromedriver and headless Chromium, and the page helpers
 //!   the browser tests share.
+//! - [`leftovers`]: kills the containers a test left behind, and
+//!   [`daemon`]: waits for a started core's socket (hive-core's helpers,
+//!   included by path).
 //! - [`http`]: a minimal HTTP/1 client for talking to that real gateway.
 //! - [`notify`]: a `NOTIFY_SOCKET` of the test's own that holds the
 //!   daemon inside its `READY=1` send (hive-core's helper, included by path).
@@ -15,12 +21,17 @@
 #![allow(dead_code)]
 
 pub mod browser;
+#[path = "../../../hive-core/tests/common/daemon.rs"]
+pub mod daemon;
 pub mod dev;
 pub mod fake;
 pub mod http;
+#[path = "../../../hive-core/tests/common/leftovers.rs"]
+pub mod leftovers;
 #[path = "../../../hive-core/tests/common/notify.rs"]
 pub mod notify;
 pub mod oneshot;
+pub mod run;
 
 /// Whether this run is CI (`CI=true`, `CI=1`, ...), where no test may
 /// skip: the one definition in [`hive_proto::ci`], shared with hive-core's
