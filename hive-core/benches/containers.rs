@@ -26,7 +26,7 @@
 //! ```text
 //! cargo build --release -p hive-proto --bin hive-agent
 //! cargo bench -p hive-core --bench containers --no-run
-//! flock /work/wt/nspawn.lock cargo bench -p hive-core --bench containers
+//! cargo bench -p hive-core --bench containers
 //! ```
 //!
 //! Knobs: `HIVE_BENCH_PAIRS` (5), `HIVE_BENCH_AGENTS` (20). Prints figures
