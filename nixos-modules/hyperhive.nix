@@ -519,7 +519,11 @@ in
         # their limits itself, which cgroup v2 allows only in a delegated
         # subtree.
         Delegate = "yes";
-        KillMode = "mixed";
+        # nspawn containers are processes in this unit's cgroup and must
+        # outlive a restart of the core, which adopts them: `mixed` would
+        # SIGKILL them once the core exits. nixos-container's containers
+        # are units of their own; process agents are stopped by the core.
+        KillMode = if cfg.runtime == "nspawn" then "process" else "mixed";
         TimeoutStopSec = cfg.stopTimeout + 20;
         LimitNOFILE = 65536;
       };

@@ -288,6 +288,8 @@ let
         full.services.hyperhive-tailscale-serve.serviceConfig.ExecStop
         "${stubPkgs.tailscale}/bin/tailscale serve --https=443 off")
       (eq "full: the core gets time to stop its agents" (core full).TimeoutStopSec 50)
+      (eq "full: under nspawn the containers outlive the core's stop (KillMode=process)" (core full).KillMode "process")
+      (eq "minimal: under nixos-container the unit stops its own processes (KillMode=mixed)" (core minimal).KillMode "mixed")
 
       (has "ipv6: a v6 listen address is bracketed" (web ipv6).ExecStart "--listen [::1]:8080 ")
       (eq "ipv6: ::1 is loopback (no warning)" ipv6.warnings [ ])
