@@ -110,39 +110,24 @@ impl Layout {
 
     /// Creates (or reuses) `name`'s cgroup, with `limits` applied.
     pub fn create(&self, name: &str, limits: &Limits) -> io::Result<AgentCgroup> {
-        let mut cg = AgentCgroup {
-            dirs: Vec::new(),
-            v2: None,
-            memory_v1: None,
-            cpu_v1: None,
-            freezer_v1: None,
-            freezer: None,
-        };
+        let mut cg = AgentCgroup::empty();
         match self {
             Self::V2 { base } => {
                 ensure_v2_base(base, limits)?;
                 let dir = base.join(name);
                 mkdir(&dir)?;
-                cg.dirs.push(dir.clone());
-                cg.v2 = Some(dir);
+                cg.add_v2(dir);
             }
             Self::Hybrid { v1, unified } => {
                 if let Some(base) = unified {
                     let dir = base.join(name);
                     mkdir(&dir)?;
-                    cg.dirs.push(dir.clone());
-                    cg.v2 = Some(dir);
+                    cg.add_v2(dir);
                 }
                 for (c, base) in v1 {
                     let dir = base.join(name);
                     mkdir(&dir)?;
-                    cg.dirs.push(dir.clone());
-                    match *c {
-                        "memory" => cg.memory_v1 = Some(dir),
-                        "cpu" => cg.cpu_v1 = Some(dir),
-                        "freezer" => cg.freezer_v1 = Some(dir),
-                        _ => {}
-                    }
+                    cg.add_v1(c, dir);
                 }
             }
         }
@@ -153,6 +138,33 @@ impl Layout {
 }
 
 impl AgentCgroup {
+    fn empty() -> Self {
+        AgentCgroup {
+            dirs: Vec::new(),
+            v2: None,
+            memory_v1: None,
+            cpu_v1: None,
+            freezer_v1: None,
+            freezer: None,
+        }
+    }
+
+    fn add_v2(&mut self, dir: PathBuf) {
+        self.dirs.push(dir.clone());
+        self.v2 = Some(dir);
+    }
+
+    /// Records `dir` as this cgroup's directory in v1 `controller`.
+    fn add_v1(&mut self, controller: &str, dir: PathBuf) {
+        self.dirs.push(dir.clone());
+        match controller {
+            "memory" => self.memory_v1 = Some(dir),
+            "cpu" => self.cpu_v1 = Some(dir),
+            "freezer" => self.freezer_v1 = Some(dir),
+            _ => {}
+        }
+    }
+
     /// The cgroup `pid` is in now, in each hierarchy the host has (its v2
     /// one first), read from `/proc/<pid>/cgroup`: what systemd made for a
     /// unit. The caller checks it is the one it expects.
@@ -163,14 +175,7 @@ impl AgentCgroup {
 
     fn of_process_at(mount: &Path, proc_cgroup: &str) -> io::Result<Self> {
         let path_of = |want: Option<&str>| cgroup_path(proc_cgroup, want);
-        let mut cg = AgentCgroup {
-            dirs: Vec::new(),
-            v2: None,
-            memory_v1: None,
-            cpu_v1: None,
-            freezer_v1: None,
-            freezer: None,
-        };
+        let mut cg = AgentCgroup::empty();
         let v2_mount = if mount.join("cgroup.controllers").exists() {
             Some(mount.to_owned())
         } else {
@@ -178,21 +183,12 @@ impl AgentCgroup {
             u.join("cgroup.procs").exists().then_some(u)
         };
         if let (Some(m), Some(p)) = (v2_mount, path_of(None)) {
-            let dir = m.join(p);
-            cg.dirs.push(dir.clone());
-            cg.v2 = Some(dir);
+            cg.add_v2(m.join(p));
         }
         if !mount.join("cgroup.controllers").exists() {
             for &c in V1_CONTROLLERS {
                 if let Some(p) = path_of(Some(c)).filter(|_| mount.join(c).is_dir()) {
-                    let dir = mount.join(c).join(p);
-                    cg.dirs.push(dir.clone());
-                    match c {
-                        "memory" => cg.memory_v1 = Some(dir),
-                        "cpu" => cg.cpu_v1 = Some(dir),
-                        "freezer" => cg.freezer_v1 = Some(dir),
-                        _ => {}
-                    }
+                    cg.add_v1(c, mount.join(c).join(p));
                 }
             }
         }
