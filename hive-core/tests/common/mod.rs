@@ -68,14 +68,18 @@ pub fn is_root() -> bool {
 pub struct TestHive {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    /// Run the daemon in a network namespace of its own (`unshare --net`):
-    /// container runtimes install the hive's nftables table, which is per
-    /// namespace, so parallel test hives do not fight over one table.
+    /// Run the daemon in a network namespace of its own, made at its first
+    /// start and kept for every restart (a restarted daemon must see the
+    /// veths of the containers it adopts): container runtimes install the
+    /// hive's nftables table, which is per namespace, so parallel test
+    /// hives do not fight over one table.
     pub own_netns: bool,
     /// Or run it in this network namespace (a file such as
     /// `/run/netns/NAME`, entered with `nsenter --net`, which leaves `/sys`
     /// alone so nspawn works there).
     pub netns: Option<String>,
+    /// The namespace `own_netns` made (deleted after the daemon on drop).
+    own_ns: Option<netns::Netns>,
     child: Option<Child>,
 }
 
@@ -111,6 +115,7 @@ impl TestHive {
             config_path,
             own_netns: matches!(runtime, "nspawn" | "nixos-container"),
             netns: None,
+            own_ns: None,
             child: None,
         }
     }
@@ -166,13 +171,18 @@ impl TestHive {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let mut cmd = if let Some(ns) = &self.netns {
+        if self.netns.is_none() && self.own_netns && self.own_ns.is_none() {
+            static HIVES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = HIVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.own_ns = Some(netns::Netns::new(&format!("th{n}")));
+        }
+        let ns = self
+            .netns
+            .as_ref()
+            .or(self.own_ns.as_ref().map(|ns| &ns.path));
+        let mut cmd = if let Some(ns) = ns {
             let mut c = Command::new("nsenter");
             c.arg(format!("--net={ns}")).arg("--").arg(CORE_BIN);
-            c
-        } else if self.own_netns {
-            let mut c = Command::new("unshare");
-            c.args(["--net", "--"]).arg(CORE_BIN);
             c
         } else {
             Command::new(CORE_BIN)
