@@ -242,8 +242,15 @@ impl Supervisor {
             self.watch_mailbox(agent.clone());
         }
         self.mark_started(agent);
+        // A `crashed` agent is restarted, not started: its container may
+        // still be ending (the init is gone, nspawn not yet), and a start
+        // then would be refused as "already running" — as after a core
+        // killed mid-rebuild, whose successor adopted the dying container.
+        // A backend's stop of an ended or ending container waits for it.
         let started = match self.inner.runtime.state(agent) {
-            s if needs_start(s) => self.inner.runtime.start(agent).await,
+            RunState::Stopped | RunState::Idle | RunState::Unknown => {
+                self.inner.runtime.start(agent).await
+            }
             _ => self.inner.runtime.restart(agent).await,
         };
         self.up(agent, started)
@@ -790,6 +797,98 @@ mod tests {
         fn autostart(&self) -> Vec<AgentName> {
             vec![self.agent.clone()]
         }
+    }
+
+    /// An agent whose container was seen ending (`crashed`) but has not
+    /// ended yet: a start is refused as "already running" until it has, a
+    /// stop waits for that, as the container runtimes do.
+    struct EndingRuntime {
+        agent: AgentName,
+        ends_at: Instant,
+        starts: AtomicU32,
+        exits: ExitFeed,
+    }
+
+    impl Runtime for EndingRuntime {
+        fn name(&self) -> &'static str {
+            "ending"
+        }
+
+        fn start<'a>(&'a self, agent: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            Box::pin(async move {
+                if Instant::now() < self.ends_at {
+                    return Err(RuntimeError::AlreadyRunning(agent.clone()));
+                }
+                self.starts.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+
+        fn stop<'a>(&'a self, _: &'a AgentName) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            Box::pin(async move {
+                tokio::time::sleep_until(self.ends_at.into()).await;
+                Ok(())
+            })
+        }
+
+        fn set_agent<'a>(
+            &'a self,
+            _: &'a AgentName,
+            _: AgentSpec,
+        ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+            Box::pin(async { Ok(()) })
+        }
+
+        fn exits(&self) -> tokio::sync::broadcast::Receiver<RuntimeExit> {
+            self.exits.subscribe()
+        }
+
+        fn state(&self, _: &AgentName) -> RunState {
+            if self.starts.load(Ordering::SeqCst) > 0 {
+                RunState::Running
+            } else {
+                RunState::Crashed
+            }
+        }
+
+        fn autostart(&self) -> Vec<AgentName> {
+            vec![self.agent.clone()]
+        }
+    }
+
+    /// A config deploy that finds the agent's old container still ending
+    /// (a core killed mid-rebuild, its successor having adopted the dying
+    /// container) waits for it and starts the new spec, instead of failing
+    /// "already running" and leaving the agent on the old config.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deploy_onto_a_container_still_ending_waits_for_it_instead_of_failing_as_already_running(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let raw: RawConfig = toml::from_str(&format!(
+            "state_dir = {:?}\nruntime_dir = {:?}\n[agents.ending]\ncommand = [\"true\"]\n",
+            dir.path(),
+            dir.path()
+        ))
+        .unwrap();
+        let config = Config::from_raw(raw).unwrap();
+        let agent = AgentName::new("ending").unwrap();
+        let policy = config.agents[&agent].clone();
+        let spec = AgentSpec::from_config(&config, &agent, &policy).unwrap();
+        let hive = Hive::open(config).await.unwrap();
+        let rt = Arc::new(EndingRuntime {
+            agent: agent.clone(),
+            ends_at: Instant::now() + Duration::from_millis(300),
+            starts: AtomicU32::new(0),
+            exits: ExitFeed::default(),
+        });
+        let shutdown = CancellationToken::new();
+        let sup = Supervisor::new(hive, rt.clone(), shutdown.clone(), TaskTracker::new());
+        sup.set_agent(&agent, spec, &policy)
+            .await
+            .expect("the deploy waits for the old container, then starts");
+        assert_eq!(rt.starts.load(Ordering::SeqCst), 1);
+        assert_eq!(sup.run_state(&agent), RunState::Running);
+        shutdown.cancel();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
