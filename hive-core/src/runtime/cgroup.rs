@@ -346,6 +346,59 @@ impl AgentCgroup {
         Ok(())
     }
 
+    /// Every process in it, sub-cgroups (nspawn's payload) included, in
+    /// every hierarchy; each pid once.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids = Vec::new();
+        for dir in &self.dirs {
+            collect_pids(dir, &mut pids);
+        }
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// SIGKILLs every process in it and waits, at most `timeout`, until
+    /// none is left; returns how many there were. For a container nobody
+    /// tracks (a core killed between spawning nspawn and recording it), so
+    /// a new one never runs beside it on the same dirs.
+    pub async fn kill_strays(&self, timeout: Duration) -> io::Result<usize> {
+        let found = self.pids().len();
+        if found == 0 {
+            return Ok(0);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // `cgroup.kill` (v2, Linux 5.14) kills the subtree atomically,
+            // forks included; otherwise each pid, again until none is left.
+            match self.v2.as_ref().map(|d| d.join("cgroup.kill")) {
+                Some(kill) if kill.exists() => write(&kill, "1")?,
+                _ => {
+                    for pid in self.pids() {
+                        let _ = nix::sys::signal::kill(
+                            nix::unistd::Pid::from_raw(pid),
+                            nix::sys::signal::Signal::SIGKILL,
+                        );
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if self.pids().is_empty() {
+                return Ok(found);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "{} process(es) outlived SIGKILL in {:?}",
+                        self.pids().len(),
+                        self.dirs
+                    ),
+                ));
+            }
+        }
+    }
+
     /// Removes the directories (deepest first, sub-cgroups nspawn made
     /// included) once no process is left; what is still busy stays.
     pub fn remove(&self) {
@@ -368,6 +421,20 @@ fn cgroup_path(proc_cgroup: &str, want: Option<&str>) -> Option<String> {
         };
         hit.then(|| path.trim_start_matches('/').to_owned())
     })
+}
+
+/// The pids in `dir`'s `cgroup.procs` and in those of its sub-cgroups.
+fn collect_pids(dir: &Path, out: &mut Vec<i32>) {
+    if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()));
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_pids(&e.path(), out);
+            }
+        }
+    }
 }
 
 fn remove_tree(dir: &Path) {
@@ -430,6 +497,27 @@ fn write(file: &Path, value: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pids_are_read_from_every_hierarchy_and_sub_cgroup_once_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v2, v1) = (
+            dir.path().join("unified/h-a"),
+            dir.path().join("freezer/h-a"),
+        );
+        fs::create_dir_all(v2.join("payload")).unwrap();
+        fs::create_dir_all(&v1).unwrap();
+        fs::write(v2.join("cgroup.procs"), "12\n").unwrap();
+        fs::write(v2.join("payload/cgroup.procs"), "40\n41\n").unwrap();
+        fs::write(v1.join("cgroup.procs"), "41\n12\n40\nnot-a-pid\n").unwrap();
+        let mut cg = AgentCgroup::empty();
+        cg.add_v2(v2.clone());
+        cg.add_v1("freezer", v1);
+        assert_eq!(cg.pids(), vec![12, 40, 41]);
+        let mut gone = AgentCgroup::empty();
+        gone.add_v2(dir.path().join("no-such"));
+        assert!(gone.pids().is_empty());
+    }
 
     #[test]
     fn a_process_cgroup_is_found_on_both_layouts() {

@@ -395,6 +395,27 @@ impl Shared {
                 "creating its cgroup",
                 Path::new("/sys/fs/cgroup"),
             ))?;
+        // Nothing of this agent runs that the runtime knows of (the start
+        // was claimed), so anything in its cgroup is a container nobody
+        // tracks: one a core killed before recording it left behind, or one
+        // adoption refused. It goes before a second one starts on its dirs.
+        match cgroup.kill_strays(NSPAWN_EXIT_GRACE).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(agent = %agent, processes = n, "killed an untracked container of this agent before starting it")
+            }
+            Err(e) => {
+                let dir = cgroup
+                    .dirs
+                    .first()
+                    .map_or(Path::new("/sys/fs/cgroup"), |d| d);
+                return Err(RuntimeError::io(
+                    agent,
+                    "killing its untracked container",
+                    dir,
+                )(e));
+            }
+        }
         let oom_baseline = cgroup.oom_kills();
         let root = self.lib_dir(agent).join("root");
         let args = nspawn_args(&root, container, base, spec, agent, &self.host, binds);

@@ -4,8 +4,9 @@
 //! agent's `hive-agent request-spawn` from inside its container, approved
 //! with `hivectl approve`, creates and starts the new container, whose
 //! socket answers `whoami` with its name; the repo names proposer and
-//! approver to plain `git`. (`kill -9` right after an approve is shown on
-//! the process runtime only: `TODO-ops.md`, the config repo.)
+//! approver to plain `git`; `kill -9` of the core right after
+//! `hivectl approve` answered, mid-rebuild, deploys the change once and
+//! leaves the approval decided.
 //!
 //! Deny, conflict, forbidden and invalid proposals do not depend on the
 //! runtime; `config_repo` and `config_clis` show them. Agent names start
@@ -13,6 +14,7 @@
 
 use std::path::Path;
 
+use hive_proto::operator::{OperatorRequest, OperatorResponse};
 use hive_proto::view::AgentSummary;
 
 use crate::clis::Clis;
@@ -180,4 +182,88 @@ async fn on_nspawn_request_spawn_from_inside_a_container_then_approve_starts_the
     let me = c.run(c.agent("ccs", &["whoami"])).await.json();
     assert_eq!(me["name"], "ccs", "{me}");
     wait_deployed(&c, "ccs").await;
+}
+
+/// [`MODES`], but taking half a second to end after SIGTERM, as a real
+/// agent finishing its turn would: a core killed right after `approve`
+/// answered can die while its rebuild waits for the old container to end.
+const MODES_SLOW_EXIT: &str =
+    "echo \"$MODE\" >> /state/modes; trap 'sleep 0.5; exit 0' TERM; while :; do sleep 0.1; done";
+
+/// The core is killed at several moments after `hivectl approve` answered —
+/// at once (the rebuild stopping the old container, which the next core
+/// adopts still ending), and later (the new one starting, or started but
+/// not yet recorded as deployed) — and each time the next core deploys the
+/// change: it runs, started at most twice (once more only if the killed
+/// core had started it already), `deployed_sha` is `main`, and the
+/// approval is decided once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nspawn_kill_9_right_after_hivectl_approve_deploys_the_change_once_and_shows_it_decided()
+{
+    let Some((mut c, ha)) = started(&[("cck", MODES_SLOW_EXIT, &mode("v0"))]) else {
+        return;
+    };
+    wait_deployed(&c, "cck").await;
+    assert!(poll_until(|| modes(&c, "cck") == ["v0"]).await);
+    for (round, kill_after_ms) in [0u64, 200, 500, 900, 1500].into_iter().enumerate() {
+        let value = format!("v{}", round + 1);
+        let toml = agent_toml(&ha, MODES_SLOW_EXIT, &mode(&value));
+        let id = propose(&c, "cck", &toml, &value).await;
+        let before = modes(&c, "cck").len();
+
+        c.run(c.ctl(&["approve", &id.to_string()])).await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(kill_after_ms)).await;
+        c.hive.kill9();
+        c.hive.start();
+
+        let deployed = wait_deployed(&c, "cck").await;
+        let what = |m: &[String]| format!("killed {kill_after_ms} ms after approve: {m:?}");
+        assert!(
+            poll_until(|| modes(&c, "cck").last() == Some(&value)).await,
+            "{}\n{}",
+            what(&modes(&c, "cck")),
+            c.hive.log()
+        );
+        let settled = modes(&c, "cck");
+        let added = &settled[before..];
+        assert!(
+            (1..=2).contains(&added.len()) && added.iter().all(|m| *m == value),
+            "{}",
+            what(&settled)
+        );
+        // It stays: no restart loop, nothing left to update.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        assert_eq!(
+            modes(&c, "cck"),
+            settled,
+            "{}\n{}",
+            what(&settled),
+            c.hive.log()
+        );
+        let now = c.hive.agent("cck").await;
+        assert!(running(&now), "{now:?}\n{}", c.hive.log());
+        assert_eq!(now.deployed_sha, deployed.main_sha, "{now:?}");
+        assert!(!now.needs_update, "{now:?}");
+
+        // Decided once: not pending, one approve in the audit log, and a
+        // second approve is refused.
+        let pending = c.run(c.ctl(&["approvals", "--json"])).await.json();
+        assert_eq!(pending, serde_json::json!([]), "{pending}");
+        let OperatorResponse::Audit(rows) = c
+            .hive
+            .operator(OperatorRequest::Audit {
+                since: 0,
+                limit: 10_000,
+            })
+            .await
+        else {
+            panic!("audit")
+        };
+        let approves = rows
+            .iter()
+            .filter(|r| r.action == "approve" && r.detail.contains(&format!("approval={id} ")))
+            .count();
+        assert_eq!(approves, 1, "{rows:?}");
+        c.run(c.ctl(&["approve", &id.to_string()])).await.failed();
+    }
 }

@@ -531,6 +531,83 @@ async fn a_restarted_daemon_adopts_the_running_containers() {
         4,
         "{log}"
     );
+    // Each restarted daemon finds the veths of the containers it adopts
+    // (they live in the hive's network namespace, not the daemon's).
+    assert!(!log.contains("network attach failed"), "{log}");
+    hive.stop();
+}
+
+/// Whether `pid` runs (exists and is not a zombie waiting for its reaper).
+fn alive(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // `pid (comm) S …`: the state follows the last `)`.
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(state.and_then(|r| r.chars().next()), Some('Z' | 'X') | None)
+    })
+}
+
+/// A container the hive lost track of — its core killed between spawning
+/// nspawn and recording it, or adoption refused — is killed before the
+/// agent starts again, so two never run on the same dirs. The lost track
+/// is made by hand: the record deleted from the store while the daemon,
+/// stopped with SIGTERM, left the container running.
+#[tokio::test]
+async fn a_container_left_running_without_a_record_is_killed_before_its_agent_starts_again() {
+    let Some((mut hive, _)) = nspawn_hive(&[("cdu", "exec $HA demo", "")]) else {
+        return;
+    };
+    hive.start();
+    let old = hive
+        .wait_agent("cdu", "connected", |r| running(r) && r.connections == 1)
+        .await
+        .leader_pid
+        .expect("a leader");
+    assert!(hive.stop().success());
+    assert!(alive(old), "left running");
+    let db = hive.db_path();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use std::sync::Arc;
+            let store = hive_core::store::Store::open(&db, Arc::new(hive_core::hub::Hub::new()))
+                .expect("store");
+            let agent = AgentName::new("cdu").unwrap();
+            store
+                .write(move |tx| tx.clear_container_record(&agent))
+                .await
+                .expect("record cleared");
+            store.shutdown().await;
+        })
+    })
+    .join()
+    .unwrap();
+
+    hive.start();
+    let row = hive
+        .wait_agent("cdu", "running again", |r| {
+            running(r) && r.connections == 1 && r.leader_pid != Some(old)
+        })
+        .await;
+    assert!(
+        !alive(old),
+        "the untracked container's init {old} still runs beside {:?}\n{}",
+        row.leader_pid,
+        hive.log()
+    );
+    let log = hive.log();
+    assert!(
+        log.contains("killed an untracked container of this agent before starting it"),
+        "{log}"
+    );
+    assert!(!log.contains("adopted a running container"), "{log}");
+    send(&hive, "cdu", "one").await;
+    hive.wait_agent("cdu", "got the message", |r| {
+        r.status.as_deref() == Some(got("one").as_str())
+    })
+    .await;
     hive.stop();
 }
 
