@@ -112,6 +112,36 @@ pub fn flake_nix<'a>(agents: impl IntoIterator<Item = &'a AgentName>) -> String 
 
   outputs = { self, nixpkgs }:
     let
+      # agent.toml's `command` as the container's service, with its `env`
+      # and `hive-agent` (bound by the core at /run/hive-agent/bin) on
+      # PATH; when it ends the container ends with its status, so the core
+      # sees the exit as under nspawn.
+      hiveAgent = name: { lib, ... }:
+        let
+          toml = builtins.fromTOML (builtins.readFile (./agents + "/${name}/agent.toml"));
+        in
+        lib.mkIf (toml ? command) {
+          systemd.services.hive-agent = {
+            description = "hyperhive agent ${name}";
+            wantedBy = [ "multi-user.target" ];
+            after = [ "network.target" ];
+            environment = (toml.env or { }) // {
+              HOME = "/state";
+              HIVE_AGENT = name;
+              HIVE_SOCKET = "/run/hive/agent.sock";
+            };
+            script = ''
+              export PATH=/run/hive-agent/bin:$PATH
+              cd /state
+              exec ${lib.escapeShellArgs toml.command}
+            '';
+            serviceConfig.Restart = "no";
+            unitConfig = {
+              SuccessAction = "exit-force";
+              FailureAction = "exit-force";
+            };
+          };
+        };
       agent = name: nixpkgs.lib.nixosSystem {
         system = "x86_64-linux";
         modules = [
@@ -120,6 +150,7 @@ pub fn flake_nix<'a>(agents: impl IntoIterator<Item = &'a AgentName>) -> String 
             networking.hostName = "h-${name}";
             system.stateVersion = "25.11";
           }
+          (hiveAgent name)
           (./agents + "/${name}/agent.nix")
         ];
       };
@@ -356,6 +387,77 @@ mod tests {
             cmd.windows(2).any(|w| w == ["--allowedTools", "mcp__hive"]),
             "{cmd:?}"
         );
+    }
+
+    /// The generated flake, evaluated with stand-ins for nixpkgs (its
+    /// `nixosSystem` returns its arguments; `lib` has only what the module
+    /// uses): each agent's configuration has a `hive-agent` service that
+    /// runs agent.toml's `command` with its `env`, `hive-agent`'s bound
+    /// directory first on `PATH`, and ends the container when it ends; an
+    /// agent with no `command` gets no service.
+    #[test]
+    fn the_flake_runs_each_agents_command_as_its_containers_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let names = [
+            AgentName::new("alice").unwrap(),
+            AgentName::new("bob").unwrap(),
+        ];
+        std::fs::write(dir.path().join("flake.nix"), flake_nix(&names)).unwrap();
+        for (name, toml) in [
+            ("alice", "command = [\"hive-agent\", \"demo\", \"--say\", \"it's\"]\nenv = { MODE = \"fast\" }\n"),
+            ("bob", "manager = true\n"),
+        ] {
+            let d = dir.path().join("agents").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("agent.toml"), toml).unwrap();
+            std::fs::write(d.join("agent.nix"), "{ ... }: { }\n").unwrap();
+        }
+        let expr = format!(
+            "let flake = import {}/flake.nix; \
+                 out = flake.outputs {{ self = {{ }}; nixpkgs.lib.nixosSystem = args: args; }}; \
+                 lib = {{ mkIf = c: v: if c then v else {{ }}; \
+                         escapeShellArgs = xs: builtins.concatStringsSep \" \" (map (x: \"<\" + x + \">\") xs); }}; \
+                 svc = name: let m = builtins.elemAt out.nixosConfigurations.${{name}}.modules 1; \
+                             in (m {{ inherit lib; }}).systemd.services or {{ }}; \
+             in {{ alice = svc \"alice\"; bob = svc \"bob\"; }}",
+            dir.path().display()
+        );
+        let Some(out) = nix_instantiate(&["--eval", "--strict", "--json", "-E", &expr]) else {
+            return;
+        };
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let svc = &got["alice"]["hive-agent"];
+        let script = svc["script"].as_str().unwrap();
+        assert!(
+            script.contains(&format!(
+                "export PATH={}:$PATH",
+                crate::runtime::nixos_container::CONTAINER_AGENT_BIN_DIR
+            )),
+            "{script}"
+        );
+        assert!(script.contains("cd /state\n"), "{script}");
+        assert!(
+            script.contains("exec <hive-agent> <demo> <--say> <it's>"),
+            "{script}"
+        );
+        assert_eq!(svc["environment"]["MODE"], "fast", "{svc}");
+        assert_eq!(svc["environment"]["HIVE_AGENT"], "alice", "{svc}");
+        assert_eq!(
+            svc["environment"]["HIVE_SOCKET"],
+            format!(
+                "{}/agent.sock",
+                crate::runtime::nspawn::CONTAINER_SOCKET_DIR
+            )
+        );
+        assert_eq!(svc["wantedBy"], serde_json::json!(["multi-user.target"]));
+        assert_eq!(svc["unitConfig"]["SuccessAction"], "exit-force");
+        assert_eq!(svc["unitConfig"]["FailureAction"], "exit-force");
+        assert_eq!(got["bob"], serde_json::json!({}), "no command, no service");
     }
 
     #[test]

@@ -222,9 +222,21 @@ fn conf_safe(path: &Path) -> bool {
         })
 }
 
+/// Where the directory holding `hive-agent` is bound read-only inside the
+/// container; the generated flake's `hive-agent` service puts it first on
+/// `PATH` (`repo::render::flake_nix`).
+pub const CONTAINER_AGENT_BIN_DIR: &str = "/run/hive-agent/bin";
+
 /// The conf with its `PRIVATE_USERS` and `EXTRA_NSPAWN_FLAGS` lines
 /// replaced by the agent's; every other line (what `create` wrote) kept.
-fn render_conf(existing: &str, base: u32, spec: &AgentSpec) -> Result<String, PathBuf> {
+/// `agent_bin_dir` (the host directory of `hive-agent`, when there is one)
+/// is bound at [`CONTAINER_AGENT_BIN_DIR`].
+fn render_conf(
+    existing: &str,
+    base: u32,
+    spec: &AgentSpec,
+    agent_bin_dir: Option<&Path>,
+) -> Result<String, PathBuf> {
     let mut flags = vec!["--private-users-ownership=auto".to_owned()];
     let mut bind = |ro: bool, host: &Path, inside: &Path, idmap: bool| {
         for p in [host, inside] {
@@ -253,6 +265,9 @@ fn render_conf(existing: &str, base: u32, spec: &AgentSpec) -> Result<String, Pa
         Path::new(CONTAINER_SOCKET_DIR),
         false,
     )?;
+    if let Some(dir) = agent_bin_dir {
+        bind(true, dir, Path::new(CONTAINER_AGENT_BIN_DIR), false)?;
+    }
     for b in &spec.ro_binds {
         bind(true, &b.host, &b.inside, b.idmap)?;
     }
@@ -474,7 +489,15 @@ impl Shared {
     ) -> Result<(), RuntimeError> {
         let err = |what| RuntimeError::io(agent, what, conf);
         let existing = fs::read_to_string(conf).map_err(err("reading its container conf"))?;
-        let text = render_conf(&existing, base, spec).map_err(|bad| RuntimeError::Io {
+        let bin = super::nspawn::hive_agent_bin();
+        let bin_dir = bin.as_deref().and_then(Path::parent).filter(|d| {
+            let safe = conf_safe(d);
+            if !safe {
+                tracing::warn!(agent = %agent, dir = %d.display(), "hive-agent's directory cannot go into a container conf; not binding it");
+            }
+            safe
+        });
+        let text = render_conf(&existing, base, spec, bin_dir).map_err(|bad| RuntimeError::Io {
             agent: agent.clone(),
             what: "writing its container conf",
             path: conf.to_owned(),
@@ -924,18 +947,25 @@ mod tests {
     #[test]
     fn the_conf_gets_the_range_and_the_binds_and_keeps_what_create_wrote() {
         let created = "PRIVATE_NETWORK=1\nHOST_ADDRESS=10.0.0.1\nLOCAL_ADDRESS=10.0.0.2\nFLAKE=/x/meta\nPRIVATE_USERS=5\nEXTRA_NSPAWN_FLAGS=\"--old\"\n";
-        let conf = render_conf(created, 1048576, &spec()).unwrap();
+        let bin = Path::new("/nix/store/x-hyperhive/bin");
+        let conf = render_conf(created, 1048576, &spec(), Some(bin)).unwrap();
         expect_test::expect![[r#"
             PRIVATE_NETWORK=1
             HOST_ADDRESS=10.0.0.1
             LOCAL_ADDRESS=10.0.0.2
             FLAKE=/x/meta
             PRIVATE_USERS=1048576
-            EXTRA_NSPAWN_FLAGS="--private-users-ownership=auto --bind=/var/lib/hh/agents/a/state:/state --bind=/run/hh/agents/a:/run/hive --bind-ro=/var/lib/hh/secrets/a/anthropic:/run/secrets/anthropic:idmap"
+            EXTRA_NSPAWN_FLAGS="--private-users-ownership=auto --bind=/var/lib/hh/agents/a/state:/state --bind=/run/hh/agents/a:/run/hive --bind-ro=/nix/store/x-hyperhive/bin:/run/hive-agent/bin --bind-ro=/var/lib/hh/secrets/a/anthropic:/run/secrets/anthropic:idmap"
         "#]]
         .assert_eq(&conf);
         // Rewriting is stable.
-        assert_eq!(render_conf(&conf, 1048576, &spec()).unwrap(), conf);
+        assert_eq!(
+            render_conf(&conf, 1048576, &spec(), Some(bin)).unwrap(),
+            conf
+        );
+        // Without a hive-agent beside the core, no such bind.
+        let bare = render_conf(created, 1048576, &spec(), None).unwrap();
+        assert!(!bare.contains("/run/hive-agent/bin"), "{bare}");
     }
 
     #[test]
@@ -949,7 +979,15 @@ mod tests {
         ] {
             let mut s = spec();
             s.state_dir = bad.into();
-            assert_eq!(render_conf("", 1, &s).unwrap_err(), PathBuf::from(bad));
+            assert_eq!(
+                render_conf("", 1, &s, None).unwrap_err(),
+                PathBuf::from(bad)
+            );
+            let dir = Path::new(bad);
+            assert_eq!(
+                render_conf("", 1, &spec(), Some(dir)).unwrap_err(),
+                PathBuf::from(bad)
+            );
         }
     }
 

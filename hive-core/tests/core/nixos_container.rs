@@ -226,9 +226,10 @@ async fn every_nixos_container_call_has_its_exact_argv_through_the_whole_lifecyc
     );
     assert!(
         conf.contains(&format!(
-            "\nEXTRA_NSPAWN_FLAGS=\"--private-users-ownership=auto --bind={}:/state --bind={}:/run/hive\"\n",
+            "\nEXTRA_NSPAWN_FLAGS=\"--private-users-ownership=auto --bind={}:/state --bind={}:/run/hive --bind-ro={}:/run/hive-agent/bin\"\n",
             lib.join("state").display(),
-            sock.display()
+            sock.display(),
+            sibling_bin("hive-agent").unwrap().parent().unwrap().display()
         )),
         "{conf}"
     );
