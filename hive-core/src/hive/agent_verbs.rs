@@ -577,12 +577,13 @@ fn check_mailbox_room(
     q: &Quotas,
     bytes: usize,
 ) -> Result<(), StoreError> {
-    let (n, stored) = tx.reader().mailbox_usage(to)?;
+    let (n, stored) = tx.mailbox_usage(to);
     if n >= q.max_unacked {
         return Err(StoreError::refused(
             ErrorCode::QuotaExceeded,
             format!(
-                "max_unacked: {to} has {n} unacknowledged messages (its limit is {});                  nothing was sent; retry when it has caught up",
+                "max_unacked: {to} has {n} unacknowledged messages (its limit is {}); \
+                 nothing was sent; retry when it has caught up",
                 q.max_unacked
             ),
         ));
@@ -591,7 +592,8 @@ fn check_mailbox_room(
         return Err(StoreError::refused(
             ErrorCode::QuotaExceeded,
             format!(
-                "max_unacked_bytes: {to} holds {stored} bytes of unacknowledged messages and                  {bytes} more would pass its limit of {}; nothing was sent",
+                "max_unacked_bytes: {to} holds {stored} bytes of unacknowledged messages and \
+                 {bytes} more would pass its limit of {}; nothing was sent",
                 q.max_unacked_bytes
             ),
         ));

@@ -7,8 +7,9 @@
 //! `status_rate` status changes per agent per second, and always the last).
 //!
 //! What is *stored* for an agent (`max_unacked`, `max_unacked_bytes`) is
-//! checked inside the send's write job against the store's own count
-//! (`quota_mailbox_usage`), so the check and the insert commit together.
+//! checked inside the send's write job against the store writer's own
+//! count (`store::usage`, kept in memory beside the transaction), so the
+//! check and the insert commit together.
 //!
 //! This module owns the meters and nothing else: it never touches the store
 //! (the caller writes what it admits) and never refuses anything that is

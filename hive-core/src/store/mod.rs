@@ -29,6 +29,7 @@ mod runtime_rows;
 mod schema;
 mod supervision;
 mod tx;
+mod usage;
 
 use std::any::Any;
 use std::path::{Path, PathBuf};
@@ -165,10 +166,11 @@ impl Store {
             .map_err(spawn_err("starting the store checkpointer"))?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         let heads = HeadRecorder::new(audit::head_path(path), &conn).map_err(store_err)?;
+        let usage = usage::MailboxUsage::load(&conn).map_err(store_err)?;
         let writer = std::thread::Builder::new()
             .name("hive-store-writer".into())
             .spawn(move || {
-                writer_loop(conn, rx, hub, nudge, commits, heads);
+                writer_loop(conn, rx, hub, nudge, commits, heads, usage);
                 // The writer's sender is gone: the checkpointer finishes,
                 // and the writer's connection closes last.
                 let _ = checkpointer.join();
@@ -387,6 +389,7 @@ fn writer_loop(
     checkpoint: std::sync::mpsc::SyncSender<()>,
     commits: Arc<AtomicU64>,
     mut heads: HeadRecorder,
+    mut usage: usage::MailboxUsage,
 ) {
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -396,7 +399,7 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        if run_batch(&mut conn, batch, &hub, &mut heads) {
+        if run_batch(&mut conn, batch, &hub, &mut heads, &mut usage) {
             let n = commits.fetch_add(1, Ordering::AcqRel) + 1;
             if n.is_multiple_of(CHECKPOINT_EVERY_COMMITS) {
                 // Full means a nudge is already waiting: nothing to add.
@@ -442,7 +445,13 @@ fn checkpoint_loop(
 }
 
 /// Runs one batch in one transaction; true if it committed.
-fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub, heads: &mut HeadRecorder) -> bool {
+fn run_batch(
+    conn: &mut Connection,
+    batch: Vec<Job>,
+    hub: &Hub,
+    heads: &mut HeadRecorder,
+    usage: &mut usage::MailboxUsage,
+) -> bool {
     let now = crate::now_ms();
     let mut done = Vec::with_capacity(batch.len());
     let mut effects = tx::Effects::default();
@@ -452,7 +461,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub, heads: &mut Head
             let mut sp = txn.savepoint()?;
             let mut job_effects = tx::Effects::default();
             let result = {
-                let mut t = Tx::new(&sp, now, &mut job_effects);
+                let mut t = Tx::new(&sp, now, &mut job_effects, usage, &effects.usage);
                 (job.f)(&mut t)
             };
             if result.is_ok() {
@@ -471,6 +480,7 @@ fn run_batch(conn: &mut Connection, batch: Vec<Job>, hub: &Hub, heads: &mut Head
             if let Some(head) = effects.audit_head.take() {
                 heads.committed(head);
             }
+            usage.apply(std::mem::take(&mut effects.usage));
             effects.publish(hub);
             for (reply, result) in done {
                 let _ = reply.send(result);
@@ -516,6 +526,59 @@ mod tests {
         for since in [1u64 << 63, u64::MAX] {
             assert!(store.events_since(since, 10).await.unwrap().is_empty());
         }
+        store.shutdown().await;
+    }
+
+    /// The backlog a quota check sees: committed writes and the job's own,
+    /// never a refused job's (its savepoint rolled back), and counted again
+    /// from `messages` when the store reopens.
+    #[tokio::test]
+    async fn a_mailbox_backlog_counts_committed_and_own_writes_never_refused_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hive.db");
+        let bob = Principal::Agent(AgentName::new("bob").unwrap());
+        let msg =
+            |body: &str| tx::NewMessage::plain(Principal::Operator, bob.clone(), body.into(), None);
+        let store = Store::open(&path, Arc::new(Hub::new())).unwrap();
+        let (m1, m2) = (msg("one"), msg("three"));
+        let b = bob.clone();
+        let seen = store
+            .write(move |tx| {
+                let first = tx.insert_message(m1)?.id;
+                let after_one = tx.mailbox_usage(&b);
+                tx.insert_message(m2)?;
+                Ok((first, after_one, tx.mailbox_usage(&b)))
+            })
+            .await
+            .unwrap();
+        assert_eq!((seen.1, seen.2), ((1, 3), (2, 8)));
+        let (m3, b) = (msg("refused"), bob.clone());
+        let refused = store
+            .write(move |tx| {
+                tx.insert_message(m3)?;
+                assert_eq!(tx.mailbox_usage(&b), (3, 15));
+                Err::<(), _>(StoreError::refused(ErrorCode::Limit, "no"))
+            })
+            .await;
+        assert!(refused.is_err());
+        let (b, first) = (bob.clone(), seen.0);
+        let after_ack = store
+            .write(move |tx| {
+                assert_eq!(tx.mailbox_usage(&b), (2, 8), "the refused job left nothing");
+                tx.ack(&b, first)?;
+                Ok(tx.mailbox_usage(&b))
+            })
+            .await
+            .unwrap();
+        assert_eq!(after_ack, (1, 5));
+        store.shutdown().await;
+        let store = Store::open(&path, Arc::new(Hub::new())).unwrap();
+        let b = bob.clone();
+        let reopened = store
+            .write(move |tx| Ok(tx.mailbox_usage(&b)))
+            .await
+            .unwrap();
+        assert_eq!(reopened, (1, 5));
         store.shutdown().await;
     }
 

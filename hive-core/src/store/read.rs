@@ -30,19 +30,6 @@ const MESSAGE_COLS: &str = "id, kind, sender, recipient, body, in_reply_to, ques
 const QUESTION_COLS: &str = "id, asker, addressee, question, options, multi, asked_at, expires_at, state, answer, answered_by, answered_at";
 
 impl<'a> Reader<'a> {
-    /// What `mailbox` holds unacknowledged: `(messages, body bytes)`.
-    pub fn mailbox_usage(&self, mailbox: &Principal) -> Result<(u64, u64), StoreError> {
-        let usage: Option<(i64, i64)> = self
-            .conn
-            .prepare_cached(
-                "SELECT unacked, unacked_bytes FROM quota_mailbox_usage WHERE recipient = ?1",
-            )?
-            .query_row([mailbox.to_string()], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let (n, bytes) = usage.unwrap_or((0, 0));
-        Ok((n.max(0) as u64, bytes.max(0) as u64))
-    }
-
     pub(super) fn new(conn: &'a Connection) -> Self {
         Self { conn }
     }

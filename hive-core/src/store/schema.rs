@@ -159,24 +159,9 @@ pub fn prepare_writer(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Owned by the quotas (`hive::quota`): what each mailbox holds
-/// unacknowledged, kept by `Tx::insert_message` and `Tx::ack` in the same
-/// transaction as the change, so the `max_unacked` checks cost one row
-/// read. Recomputed from `messages` at every start, so it cannot drift
-/// across versions or a restored database.
-const QUOTA_SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS quota_mailbox_usage (
-    recipient     TEXT PRIMARY KEY,
-    unacked       INTEGER NOT NULL,
-    unacked_bytes INTEGER NOT NULL
-);
-BEGIN IMMEDIATE;
-DELETE FROM quota_mailbox_usage;
-INSERT INTO quota_mailbox_usage (recipient, unacked, unacked_bytes)
-    SELECT recipient, COUNT(*), SUM(octet_length(body)) FROM messages
-    WHERE acked_at IS NULL GROUP BY recipient;
-COMMIT;
-"#;
+/// The quotas once kept each mailbox's backlog in this table; it lives in
+/// the writer's memory now (`store::usage`), so an older database drops it.
+const QUOTA_SCHEMA: &str = "DROP TABLE IF EXISTS quota_mailbox_usage;";
 
 /// Settings for a reader connection.
 pub fn prepare_reader(conn: &Connection) -> rusqlite::Result<()> {

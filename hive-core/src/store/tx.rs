@@ -10,6 +10,7 @@ use hive_proto::{AgentName, Principal};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::read::{question_state_str, Reader};
+use super::usage::{Delta, MailboxUsage};
 use super::{audit, sql_int, StoreError};
 use crate::hub::Hub;
 
@@ -20,6 +21,8 @@ pub(super) struct Effects {
     events: Vec<EventRecord>,
     /// The audit chain's newest row after this transaction, if it grew.
     pub(super) audit_head: Option<audit::Head>,
+    /// How the unacknowledged backlog of each mailbox changed.
+    pub(super) usage: Delta,
 }
 
 impl Effects {
@@ -29,6 +32,7 @@ impl Effects {
         if other.audit_head.is_some() {
             self.audit_head = other.audit_head;
         }
+        self.usage.append(other.usage);
     }
 
     pub(super) fn publish(self, hub: &Hub) {
@@ -106,11 +110,36 @@ pub struct Tx<'a> {
     pub(super) conn: &'a Connection,
     now: i64,
     effects: &'a mut Effects,
+    /// The committed backlogs, and what the batch's earlier jobs changed.
+    usage: &'a MailboxUsage,
+    batch_usage: &'a Delta,
 }
 
 impl<'a> Tx<'a> {
-    pub(super) fn new(conn: &'a Connection, now: i64, effects: &'a mut Effects) -> Self {
-        Self { conn, now, effects }
+    pub(super) fn new(
+        conn: &'a Connection,
+        now: i64,
+        effects: &'a mut Effects,
+        usage: &'a MailboxUsage,
+        batch_usage: &'a Delta,
+    ) -> Self {
+        Self {
+            conn,
+            now,
+            effects,
+            usage,
+            batch_usage,
+        }
+    }
+
+    /// What `mailbox` holds unacknowledged, `(messages, body bytes)`, with
+    /// this job's and this batch's writes counted: what the `max_unacked`
+    /// quotas check. A lookup in memory (`store::usage`), no statement.
+    pub fn mailbox_usage(&self, mailbox: &Principal) -> (u64, u64) {
+        self.usage.with(
+            &mailbox.to_string(),
+            &[self.batch_usage, &self.effects.usage],
+        )
     }
 
     /// The batch's timestamp, in Unix milliseconds.
@@ -260,15 +289,9 @@ impl<'a> Tx<'a> {
                 self.now,
             ])?;
         let id = self.conn.last_insert_rowid() as u64;
-        self.conn
-            .prepare_cached(
-                "INSERT INTO quota_mailbox_usage (recipient, unacked, unacked_bytes)
-                 VALUES (?1, 1, ?2)
-                 ON CONFLICT (recipient) DO UPDATE SET
-                     unacked = unacked + 1,
-                     unacked_bytes = unacked_bytes + excluded.unacked_bytes",
-            )?
-            .execute(params![m.to.to_string(), m.body.len() as i64])?;
+        self.effects
+            .usage
+            .add(m.to.to_string(), 1, m.body.len() as i64);
         let msg = Arc::new(Message {
             id,
             kind: m.kind,
@@ -307,13 +330,7 @@ impl<'a> Tx<'a> {
             })
             .optional()?;
         if let Some(bytes) = acked_bytes {
-            self.conn
-                .prepare_cached(
-                    "UPDATE quota_mailbox_usage
-                     SET unacked = unacked - 1, unacked_bytes = unacked_bytes - ?2
-                     WHERE recipient = ?1",
-                )?
-                .execute(params![mailbox.to_string(), bytes])?;
+            self.effects.usage.add(mailbox.to_string(), -1, -bytes);
         }
         if acked_bytes.is_none() {
             let exists: bool = self.conn.query_row(
