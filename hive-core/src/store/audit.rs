@@ -164,23 +164,23 @@ pub fn append(
     action: &str,
     detail: &str,
 ) -> Result<Head, StoreError> {
+    // Both statements run with every audited write: cached, not parsed
+    // again each time (callgrind: re-preparing was a quarter of the core's
+    // instructions per message, docs/perf.md).
     let head: Option<(i64, String)> = conn
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (seq, prev) = match head {
         Some((s, h)) => (s as u64 + 1, h),
         None => (1, GENESIS.to_owned()),
     };
     let hash = row_hash(&prev, seq, at, actor, action, detail);
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO audit (seq, at, actor, action, detail, prev_hash, hash)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![seq as i64, at, actor, action, detail, prev, hash],
-    )?;
+    )?
+    .execute(params![seq as i64, at, actor, action, detail, prev, hash])?;
     Ok(Head { seq, hash })
 }
 

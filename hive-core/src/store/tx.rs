@@ -223,10 +223,9 @@ impl<'a> Tx<'a> {
     /// Appends an event; it is published after commit.
     pub fn event(&mut self, event: Event) -> Result<u64, StoreError> {
         let body = postcard::to_stdvec(&event).map_err(|e| StoreError::Encode(e.to_string()))?;
-        self.conn.execute(
-            "INSERT INTO events (at, body) VALUES (?1, ?2)",
-            params![self.now, body],
-        )?;
+        self.conn
+            .prepare_cached("INSERT INTO events (at, body) VALUES (?1, ?2)")?
+            .execute(params![self.now, body])?;
         let seq = self.conn.last_insert_rowid() as u64;
         self.effects.events.push(EventRecord {
             seq,
