@@ -482,12 +482,14 @@ async fn dev_with_nspawn_runs_each_demo_agent_in_its_own_container_behind_the_ta
             r.leader_pid.is_some() && r.status.as_deref() == Some("demo: waiting for the operator")
         })
         .await;
-    let start_line = dev.output();
+    // dev prints its start-up lines once the hive is ready, which can be
+    // after the agents have spoken: wait for them.
+    let says = "runtime: nspawn, one systemd-nspawn container per agent (running as root with systemd-nspawn installed)";
+    let said = crate::common::poll_until(|| dev.output().contains(says)).await;
     assert!(
-        start_line.contains(
-            "runtime: nspawn, one systemd-nspawn container per agent (running as root with systemd-nspawn installed)"
-        ),
-        "the start-up line does not say nspawn and why:\n{start_line}"
+        said,
+        "the start-up line does not say nspawn and why:\n{}",
+        dev.output()
     );
     let dev_pid = dev.child.id();
     let netns = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
