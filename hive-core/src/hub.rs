@@ -120,6 +120,16 @@ impl Hub {
         map.get(agent).copied()
     }
 
+    /// How many of `agents` have at least one open connection (one lock,
+    /// not one per agent: `Health` asks with every dashboard page).
+    pub fn connected_among<'a>(&self, agents: impl IntoIterator<Item = &'a AgentName>) -> u32 {
+        let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        agents
+            .into_iter()
+            .filter(|a| map.get(*a).is_some_and(|n| *n > 0))
+            .count() as u32
+    }
+
     pub fn connections(&self, agent: &AgentName) -> u32 {
         let map = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         map.get(agent).copied().unwrap_or(0)

@@ -35,7 +35,7 @@ type Key = (&'static str, String);
 pub fn is_coalescible(req: &WebRequest) -> bool {
     matches!(
         req,
-        WebRequest::ListAgents | WebRequest::Questions | WebRequest::Pending
+        WebRequest::ListAgents | WebRequest::Questions | WebRequest::Pending | WebRequest::Health
     )
 }
 
@@ -221,5 +221,7 @@ mod tests {
         assert!(a.is_ok() && b.is_ok() && q.is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 3);
         assert!(!is_coalescible(&WebRequest::Approve { id: 1 }));
+        // Every dashboard page reads Health too (the network banner).
+        assert!(is_coalescible(&WebRequest::Health));
     }
 }

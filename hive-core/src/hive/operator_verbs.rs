@@ -154,12 +154,7 @@ impl Hive {
             OperatorRequest::Health => {
                 let last_event_seq = self.store().read(|r| r.last_event_seq()).await?;
                 let agents = self.config().agents.len() as u32;
-                let connected_agents = self
-                    .config()
-                    .agents
-                    .keys()
-                    .filter(|a| self.hub().connections(a) > 0)
-                    .count() as u32;
+                let connected_agents = self.hub().connected_among(self.config().agents.keys());
                 Ok(OperatorResponse::Health(Health {
                     version: env!("CARGO_PKG_VERSION").to_owned(),
                     runtime: self
