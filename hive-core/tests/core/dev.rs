@@ -444,7 +444,19 @@ fn http_get_in_netns_of(pid: u32, port: u16, path: &str, token: &str) -> String 
         use std::io::{Read, Write};
         let ns = fs::File::open(format!("/proc/{pid}/ns/net")).unwrap();
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        // dev starts hive-web after the core is ready, which can be after
+        // the agents have spoken: retry until the gateway listens.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut conn = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("the gateway never listened on {port}: {e}"),
+            }
+        };
         conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         write!(
             conn,
@@ -535,7 +547,15 @@ async fn dev_with_nspawn_runs_each_demo_agent_in_its_own_container_behind_the_ta
 
     // The dashboard answers with both agents.
     let token = fs::read_to_string(state.join("operator-token")).unwrap();
-    let reply = http_get_in_netns_of(dev_pid, 18099, "/api/agents", token.trim());
+    // The gateway may still be linking to the core: a few tries.
+    let deadline = Instant::now() + START_TIMEOUT;
+    let reply = loop {
+        let reply = http_get_in_netns_of(dev_pid, 18099, "/api/agents", token.trim());
+        if reply.starts_with("HTTP/1.1 200") || Instant::now() > deadline {
+            break reply;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     assert!(
         reply.contains("isdva") && reply.contains("isdvb"),
