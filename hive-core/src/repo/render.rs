@@ -327,6 +327,18 @@ mod tests {
         }
     }
 
+    /// `expr` evaluated strictly to JSON by `nix-instantiate`; `None` as
+    /// for [`nix_instantiate`]. A failed evaluation fails the test.
+    fn nix_eval_json(expr: &str) -> Option<serde_json::Value> {
+        let out = nix_instantiate(&["--eval", "--strict", "--json", "-E", expr])?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(serde_json::from_slice(&out.stdout).unwrap())
+    }
+
     #[test]
     fn the_template_agent_nix_parses_and_registers_hive_agent_mcp_where_the_command_looks() {
         let dir = tempfile::tempdir().unwrap();
@@ -357,15 +369,9 @@ mod tests {
                   other = m.nixpkgs.config.allowUnfreePredicate {{ pname = \"other\"; }}; }}",
             nix.display()
         );
-        let Some(out) = nix_instantiate(&["--eval", "--strict", "--json", "-E", &expr]) else {
+        let Some(got) = nix_eval_json(&expr) else {
             return;
         };
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(got["packages"], serde_json::json!(["claude-code"]));
         assert_eq!(
             (got["unfree"].as_bool(), got["other"].as_bool()),
@@ -422,15 +428,9 @@ mod tests {
              in {{ alice = svc \"alice\"; bob = svc \"bob\"; }}",
             dir.path().display()
         );
-        let Some(out) = nix_instantiate(&["--eval", "--strict", "--json", "-E", &expr]) else {
+        let Some(got) = nix_eval_json(&expr) else {
             return;
         };
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let svc = &got["alice"]["hive-agent"];
         let script = svc["script"].as_str().unwrap();
         assert!(

@@ -328,10 +328,7 @@ impl<'a> Tx<'a> {
                 r.get(0)
             })
             .optional()?;
-        if let Some(bytes) = acked_bytes {
-            self.effects.usage.add(mailbox.to_string(), -1, -bytes);
-        }
-        if acked_bytes.is_none() {
+        let Some(bytes) = acked_bytes else {
             let exists: bool = self.conn.query_row(
                 "SELECT EXISTS(SELECT 1 FROM messages WHERE id = ?1 AND recipient = ?2)",
                 params![sql_int(id), mailbox.to_string()],
@@ -344,7 +341,8 @@ impl<'a> Tx<'a> {
                 ));
             }
             return Ok(());
-        }
+        };
+        self.effects.usage.add(mailbox.to_string(), -1, -bytes);
         self.event(Event::MessageAcked {
             id,
             by: mailbox.clone(),

@@ -81,12 +81,15 @@ impl MailboxUsage {
     /// A committed batch's delta.
     pub(super) fn apply(&mut self, delta: Delta) {
         for (mailbox, (dn, db)) in delta.0 {
-            let e = self.0.entry(mailbox).or_default();
-            e.0 = (e.0 as i64 + dn).max(0) as u64;
-            e.1 = (e.1 as i64 + db).max(0) as u64;
+            let (n, b) = self.0.get(&mailbox).copied().unwrap_or((0, 0));
+            let now = ((n as i64 + dn).max(0) as u64, (b as i64 + db).max(0) as u64);
+            // Only mailboxes with a backlog are kept.
+            if now == (0, 0) {
+                self.0.remove(&mailbox);
+            } else {
+                self.0.insert(mailbox, now);
+            }
         }
-        // Only mailboxes with a backlog are kept.
-        self.0.retain(|_, v| *v != (0, 0));
     }
 }
 
