@@ -442,7 +442,15 @@ impl Isolation {
                 _ = tick.tick() => {}
             }
             let started = Instant::now();
-            match self.reconcile().await {
+            let mut outcome = self.reconcile().await;
+            if matches!(outcome, Reconciled::Failed(_)) && !failing {
+                // One immediate second try before stopping every agent: a
+                // change racing the repair (the table deleted again between
+                // `nft -f` and the read-back) fails one pass, not two in a
+                // row; a table that cannot be kept fails both.
+                outcome = self.reconcile().await;
+            }
+            match outcome {
                 Reconciled::Intact => {}
                 Reconciled::Repaired { what } => {
                     failing = false;
